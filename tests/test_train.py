@@ -1,0 +1,88 @@
+"""`cifar-mlflow train` against a real tracking server, through click's CliRunner."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow.cli import cli
+from cifar_mlflow.data import as_model_input, load_cifar10
+
+from .conftest import tiny_train_args
+
+EPOCH_METRICS = {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
+                 "images_per_second"}  # fmt: skip
+
+
+def only_run(experiment: str):
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def train(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("layout", ["image_folder", "torchvision_dir"])
+def test_train_records_everything(layout, request, tracking):
+    data_dir = request.getfixturevalue(layout)
+    result = train(*tiny_train_args(data_dir, tracking, "--model", "ghost_resnet18", "--val-size", "20"))
+    assert result.exit_code == 0, result.output
+
+    run = only_run(tracking)
+    client = MlflowClient()
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "ghost_resnet18-relu-sgd-s0"
+    params = run.data.params
+    assert params["model"] == "ghost_resnet18" and params["lr"] == "0.01"
+    assert params["model_params"] == "5706186"
+    assert params["train_images"] == "60" and params["val_images"] == "20"
+    assert params["test_images"] == "40"
+    assert params["data_source"].startswith(layout.split("_")[0].replace("image", "image-folder"))
+    assert params["torch_version"] == torch.__version__ and params["device"] == "cpu"
+    assert int(params["model_flops"]) > 0
+    assert run.data.tags["model"] == "ghost_resnet18" and run.data.tags["optimizer"] == "sgd"
+    for key in EPOCH_METRICS | {"val_loss", "val_acc"}:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2], key
+    for key in ("train_acc", "test_acc", "val_acc"):
+        assert all(0 <= m.value <= 1 for m in client.get_metric_history(run.info.run_id, key))
+    test_acc = client.get_metric_history(run.info.run_id, "test_acc")
+    assert run.data.metrics["best_test_acc"] == max(m.value for m in test_acc)
+    assert "best_val_acc" in run.data.metrics
+    assert run.data.metrics["model_params"] == 5706186
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+    assert artifacts == {"checkpoint/model_state.pt"}
+
+
+def test_logged_model_reproduces_test_acc(image_folder, tracking):
+    result = train(*tiny_train_args(image_folder, tracking, "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    run = only_run(tracking)
+    data = load_cifar10(image_folder)
+    images = as_model_input(data.test.images)
+
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").eval()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(images)).argmax(1).numpy()
+    assert np.mean(predicted == data.test.labels) == pytest.approx(run.data.metrics["test_acc"])
+
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    logits = np.asarray(pyfunc.predict(images))
+    assert logits.shape == (len(images), 10)
+    assert (logits.argmax(1) == predicted).all()
+
+
+def test_same_seed_gives_identical_metrics_on_cpu(image_folder, tracking):
+    for _ in range(2):
+        result = train(*tiny_train_args(image_folder, tracking, "--epochs", "1", "--seed", "3"))
+        assert result.exit_code == 0, result.output
+    runs = mlflow.search_runs(experiment_names=[tracking], output_format="list")
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc")
+    first, second = ({k: r.data.metrics[k] for k in keys} for r in runs)
+    assert first == second
