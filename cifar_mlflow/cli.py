@@ -7,6 +7,7 @@ import importlib.util
 import sys
 
 import click
+from click.core import ParameterSource
 
 from . import config as cfg
 from .config import DEFAULTS, TrainConfig
@@ -108,15 +109,44 @@ def _choice(names) -> click.Choice:
 @click.option("--system-metrics", type=click.BOOL, default=DEFAULTS.system_metrics, show_default=True,
               help="log CPU, memory and GPU utilisation alongside the run")  # fmt: skip
 @click.option("--no-system-metrics", "system_metrics", flag_value=False, help="same as --system-metrics false")
-def train(**options) -> None:
+@click.option("--resume", metavar="RUN_ID", default=None,
+              help="continue this run after its last completed epoch, with its own settings")  # fmt: skip
+@click.pass_context
+def train(ctx: click.Context, resume: str | None, **options) -> None:
     """Train one model on CIFAR-10 and record it in MLflow."""
     from .progress import EpochReporter
-    from .train import run_training
+    from .train import Interrupted, resumed_config, run_training
 
-    config = TrainConfig(**options)
+    if resume:
+        given = [n for n in options if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(
+                f"--resume continues a run with the settings it started with: drop "
+                f"--{given[0].replace('_', '-')}"
+            )
+        config = resumed_config(resume)
+    else:
+        config = TrainConfig(**options)
     reporter = EpochReporter(config.epochs)
-    run_id = run_training(config, reporter.on_epoch, reporter.wrap, reporter.on_start)
+    try:
+        run_id = run_training(
+            config, reporter.on_epoch, reporter.wrap, reporter.on_start, resume=resume
+        )
+    except Interrupted as e:
+        click.echo(f"error: {_stopped(e)}", err=True)
+        sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
     click.echo(f"run {run_id} finished")
+
+
+def _stopped(e) -> str:
+    if e.run_id is None:
+        return f"{e}, before a run was opened"
+    if not e.epochs_done:
+        return f"{e}: run {e.run_id} is marked KILLED; it had no checkpoint yet"
+    return (
+        f"{e}: run {e.run_id} is marked KILLED after epoch {e.epochs_done}; continue it with "
+        f"`cifar-mlflow train --resume {e.run_id}`"
+    )
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .files import atomic_write
 
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -202,13 +202,9 @@ def _read_image_folder(root: Path, cache_dir: Path) -> tuple[Split, Split, tuple
             f"{root}: both train/ and test/ need one folder per class"
         )
     cache = cache_dir / f"{root.name}-{_fingerprint(root, files)}.npz"
-    if cache.exists():
-        with np.load(cache) as stored:
-            return (
-                Split(stored["train_images"], stored["train_labels"]),
-                Split(stored["test_images"], stored["test_labels"]),
-                tuple(str(c) for c in stored["classes"]),
-            )
+    cached = _read_cache(cache)
+    if cached is not None:
+        return cached
     train = _decode_split(files["train"], classes)
     test = _decode_split(files["test"], classes)
     _save_atomically(
@@ -218,6 +214,23 @@ def _read_image_folder(root: Path, cache_dir: Path) -> tuple[Split, Split, tuple
         classes=np.array(classes),
     )  # fmt: skip
     return train, test, classes
+
+
+def _read_cache(cache: Path) -> tuple[Split, Split, tuple[str, ...]] | None:
+    """The cached arrays, or None when there is no cache or it cannot be read (a damaged file is
+    removed and rebuilt rather than failing every later run)."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as stored:
+            return (
+                Split(stored["train_images"], stored["train_labels"]),
+                Split(stored["test_images"], stored["test_labels"]),
+                tuple(str(c) for c in stored["classes"]),
+            )
+    except Exception:  # zipfile, pickle and numpy all have their own errors for a damaged file
+        cache.unlink(missing_ok=True)
+        return None
 
 
 def _list_split(root: Path, name: str) -> dict[str, list[Path]]:
@@ -285,14 +298,6 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
 
 
 def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
-    """Write to a temporary file in the same folder, then rename: a killed process never leaves
-    a truncated cache that the next run would read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A killed process never leaves a truncated cache that the next run would read."""
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)

@@ -3,6 +3,7 @@ summary line per epoch everywhere (a log file gets only those lines)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import click
@@ -28,9 +29,11 @@ class EpochReporter:
     def wrap(self, batches, epoch: int):
         if not self.interactive:
             return batches
+        # shutil falls back to 100 columns where the terminal reports none (tqdm would draw an
+        # empty bar there).
         return tqdm(
             batches, desc=f"epoch {epoch}/{self.epochs}", unit="batch", leave=False,
-            file=self.stream, dynamic_ncols=True,
+            file=self.stream, ncols=shutil.get_terminal_size((100, 20)).columns,
         )  # fmt: skip
 
     def on_epoch(self, m: EpochMetrics) -> None:

@@ -143,12 +143,17 @@ def tracking(mlflow_server, monkeypatch):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID: keep it from leaking between tests
+    # (and into the `mlflow run` subprocesses some tests start).
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     mlflow.set_tracking_uri(mlflow_server.uri)
     experiment = f"test-{uuid.uuid4().hex[:8]}"
     yield experiment
     while mlflow.active_run():
         mlflow.end_run()
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 def tiny_train_args(data_dir: Path, experiment: str, *extra: str) -> list[str]:

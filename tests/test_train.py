@@ -34,6 +34,10 @@ def test_train_records_everything(layout, request, tracking):
     result = train(*tiny_train_args(data_dir, tracking, "--model", "ghost_resnet18", "--val-size", "20"))
     assert result.exit_code == 0, result.output
 
+    # Not a terminal: one summary line per epoch, no progress bar.
+    summaries = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    assert [s.split()[1] for s in summaries] == ["1/2", "2/2"] and "batch/s" not in result.output
+
     run = only_run(tracking)
     client = MlflowClient()
     assert run.info.status == "FINISHED"

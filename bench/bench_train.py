@@ -1,0 +1,304 @@
+"""Benchmark training: the engine against PyTorch's usual recipe, same process, same model.
+
+    .venv/bin/python bench/bench_train.py                        # throughput, CPU: a few minutes
+    python bench/bench_train.py --device cuda --workers 4        # on a GPU; torch + torchvision only
+    .venv/bin/python bench/bench_train.py --accuracy             # engine vs plain path, short real run
+    python bench/bench_train.py --device cuda --recipe           # the study's recipe, end to end
+
+Throughput (the default) measures training images per second, for each model, of
+  engine        the project's Trainer: the split on the device as uint8, batched crop/flip/
+                normalise, channels_last, bf16 autocast on CUDA, no host sync per step;
+  baseline_wW   a torchvision-style Dataset (PIL image per item, RandomCrop(32, padding=4),
+                RandomHorizontalFlip, ToTensor, Normalize), DataLoader(shuffle=True,
+                num_workers=W), fp32, loss.item() every step;
+  pure          the model step alone (forward, loss, backward, optimizer) on pre-made batches on
+                the device: the limit for that model on that device.
+Each variant trains blocks of --steps batches in steady state (iterators live across blocks; an
+epoch boundary inside a block costs what it costs), interleaved over --rounds rounds.
+`--accuracy` trains the engine and the plain path (the baseline's pipeline and loop) from the
+same initial weights and reports both test accuracies. `--recipe` times the study's recipe
+(batch 128, 40 epochs, test evaluation each epoch) for ResNet-18 end to end, and Ghost-ResNet-18's
+seconds per epoch. Each mode writes bench/results/<mode>-<device>.json, then docs/benchmarks.md
+is regenerated from every results file. Nothing here imports MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bench import baseline, report  # noqa: E402
+from bench.timing import Variant, environment, interleaved, paired_ratio, summary  # noqa: E402
+from cifar_mlflow.config import DEFAULTS, TrainConfig  # noqa: E402
+from cifar_mlflow.data import Cifar10, load_cifar10  # noqa: E402
+from cifar_mlflow.engine import Trainer, build_optimizer, forward_flops, resolve_device  # noqa: E402
+from cifar_mlflow.models import MODELS  # noqa: E402
+
+DATA_DIR = "/work/shared/data/cifar10-jpeg"
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+ACCURACY_TRAIN, ACCURACY_TEST = 2000, 1000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--accuracy", action="store_true", help="engine vs plain path accuracy")
+    mode.add_argument("--recipe", action="store_true", help="the study's recipe, end to end")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--data-dir", default=DATA_DIR)
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--workers", help="baseline DataLoader workers, comma-separated "
+                   "(default: 4 on CUDA; 0,2 on a 2-core CPU)")  # fmt: skip
+    p.add_argument("--steps", type=int, help="batches per timed block (default: 1 CPU, 50 CUDA)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default: 3 CPU, 5 CUDA)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed blocks per variant first")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--compile", action="store_true", help="the engine trains through torch.compile")
+    p.add_argument("--epochs", type=int, help="--accuracy: 2; --recipe: 40 for ResNet-18")
+    p.add_argument("--ghost-epochs", type=int, default=5, help="--recipe: Ghost-ResNet-18 epochs")
+    p.add_argument("--seeds", default="0", help="--accuracy: comma-separated seeds")
+    p.add_argument("--train-limit", type=int, default=0, help="training images (0: all)")
+    p.add_argument("--test-limit", type=int, default=0, help="test images (0: all)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON")
+    p.add_argument("--doc", type=Path, default=DOC, help="markdown file to regenerate")
+    args = p.parse_args(argv)
+    args.models = args.models.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    cores = os.cpu_count() or 1
+    default_workers = "4" if on_gpu else f"0,{min(4, cores)}"
+    args.workers = [int(w) for w in (args.workers or default_workers).split(",")]
+    args.steps = args.steps or (50 if on_gpu else 1)
+    args.rounds = args.rounds or (5 if on_gpu else 3)
+    if args.recipe:
+        mode, result = "recipe", recipe(args, device)
+    elif args.accuracy:
+        mode, result = "accuracy", accuracy_check(args, device)
+    else:
+        mode, result = "throughput", throughput(args, device)
+    path = args.results / f"{mode}-{device.type}.json"
+    report.write_json(path, result)
+    report.write_doc(args.doc, args.results)
+    print(report.render(result))
+    print(f"wrote {path} and {args.doc}")
+
+
+def load(args: argparse.Namespace, train_limit: int = 0, test_limit: int = 0) -> Cifar10:
+    return load_cifar10(args.data_dir, train_limit or args.train_limit, test_limit or args.test_limit)
+
+
+def config_for(args: argparse.Namespace, model: str, device: torch.device, **changes) -> TrainConfig:
+    return TrainConfig(
+        model=model, batch_size=args.batch_size, device=device.type, precision=args.precision,
+        compile=args.compile, data_dir=args.data_dir, **changes,
+    )  # fmt: skip
+
+
+# --- throughput ----------------------------------------------------------------------------
+
+
+class Block:
+    """The next `steps` batches of an endless stream, counting the images handed out."""
+
+    def __init__(self, stream: Iterator, steps: int):
+        self.stream, self.steps, self.images = stream, steps, 0
+
+    def __iter__(self) -> Iterator:
+        for images, labels in itertools.islice(self.stream, self.steps):
+            self.images += len(labels)
+            yield images, labels
+
+
+def endless(batches: Iterable) -> Iterator:
+    """Epoch after epoch: each pass re-shuffles (and, for a DataLoader, restarts its workers)."""
+    while True:
+        yield from batches
+
+
+def throughput(args: argparse.Namespace, device: torch.device) -> dict:
+    data = load(args)
+    started = time.perf_counter()
+    result = {
+        "mode": "throughput",
+        "environment": environment(device),
+        "settings": {
+            "batch_size": args.batch_size, "steps_per_block": args.steps, "rounds": args.rounds,
+            "warmup_blocks": args.warmup, "workers": args.workers, "compile": args.compile,
+            "train_images": len(data.train), "data": data.source,
+        },  # fmt: skip
+        "models": {},
+    }
+    for name in args.models:
+        trainer, variants = throughput_variants(args, name, device, data)
+        rates = interleaved(variants, args.rounds, args.warmup, device)
+        engine = rates["engine"]
+        result["models"][name] = {
+            "model_flops": forward_flops(trainer.model, device),
+            "precision": trainer.precision,
+            "images_per_second": {k: summary(v) for k, v in rates.items()},
+            "engine_over": {k: paired_ratio(engine, v) for k, v in rates.items() if k != "engine"},
+        }
+        del trainer, variants
+    result["environment"]["load_average_1min_end"] = os.getloadavg()[0]
+    result["seconds"] = time.perf_counter() - started
+    result["targets"] = report.throughput_targets(result)
+    return result
+
+
+def throughput_variants(args, name: str, device: torch.device, data: Cifar10):
+    config = config_for(args, name, device)
+    trainer = Trainer(config, data, device)
+    # The baseline trains its own copy, made the usual way: default memory format, fp32.
+    usual_model = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
+    usual_optimizer = build_optimizer(config, usual_model.parameters())
+
+    engine_stream = endless(trainer.train_batches)
+
+    def engine() -> int:
+        block = Block(engine_stream, args.steps)
+        trainer.train_one_epoch(block)  # the engine's own loop; ends by reading its sums
+        return block.images
+
+    premade = [(x.clone(), y.clone()) for x, y in itertools.islice(trainer.train_batches, 8)]
+    premade_stream = itertools.cycle(premade)
+
+    def pure() -> int:
+        trainer.model.train()
+        block = Block(premade_stream, args.steps)
+        for images, labels in block:
+            with trainer.autocast():
+                loss = nn.functional.cross_entropy(trainer.step_model(images), labels)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer.optimizer.step()
+        return block.images
+
+    def usual(workers: int):
+        stream = endless(baseline.train_loader(data.train, args.batch_size, workers, config.seed))
+
+        def run() -> int:
+            usual_model.train()
+            block = Block(stream, args.steps)
+            for images, labels in block:
+                baseline.train_step(usual_model, usual_optimizer, images, labels, device)
+            return block.images
+
+        return run
+
+    variants = [Variant("engine", engine), Variant("pure", pure)]
+    variants += [Variant(f"baseline_w{w}", usual(w)) for w in args.workers]
+    return trainer, variants
+
+
+# --- accuracy ------------------------------------------------------------------------------
+
+
+def accuracy_check(args: argparse.Namespace, device: torch.device) -> dict:
+    """Engine and plain path from the same initial weights, same seed, same images."""
+    data = load(args, ACCURACY_TRAIN, ACCURACY_TEST)
+    epochs = args.epochs or 2
+    workers = max(args.workers)
+    runs = []
+    for seed in args.seeds:
+        config = config_for(args, args.models[0], device, optimizer="momentum", epochs=epochs,
+                            seed=seed)  # fmt: skip
+        trainer = Trainer(config, data, device)
+        plain_model = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
+        started = time.perf_counter()
+        engine_history = trainer.fit(lambda metrics: None).history
+        engine_seconds = time.perf_counter() - started
+
+        optimizer = build_optimizer(config, plain_model.parameters())
+        train = baseline.train_loader(data.train, args.batch_size, workers, seed)
+        test = baseline.test_loader(data.test, args.batch_size, workers)
+        started = time.perf_counter()
+        plain = []
+        for _ in range(epochs):
+            loss = baseline.train_epoch(plain_model, optimizer, train, device)
+            plain.append({"train_loss": loss, "test_acc": baseline.accuracy(plain_model, test, device)})
+        runs.append({
+            "seed": seed,
+            "engine": {"test_acc": [m.test_acc for m in engine_history],
+                       "train_loss": [m.train_loss for m in engine_history],
+                       "seconds": engine_seconds, "precision": trainer.precision},
+            "plain": {"test_acc": [m["test_acc"] for m in plain],
+                      "train_loss": [m["train_loss"] for m in plain],
+                      "seconds": time.perf_counter() - started, "precision": "fp32"},
+        })  # fmt: skip
+    return {
+        "mode": "accuracy",
+        "environment": environment(device),
+        "settings": {
+            "model": args.models[0], "optimizer": "momentum", "lr": DEFAULTS.lr,
+            "epochs": epochs, "batch_size": args.batch_size, "train_images": len(data.train),
+            "test_images": len(data.test), "plain_workers": workers, "data": data.source,
+        },  # fmt: skip
+        "runs": runs,
+    }
+
+
+# --- the study's recipe --------------------------------------------------------------------
+
+
+def recipe(args: argparse.Namespace, device: torch.device) -> dict:
+    """ResNet-18 end to end (decoded cache -> device -> 40 epochs with test evaluation), then
+    Ghost-ResNet-18 for a few epochs: seconds per epoch of the two compared."""
+    started = time.perf_counter()
+    data = load(args)
+    load_seconds = time.perf_counter() - started
+    models = {}
+    for name, epochs in (("resnet18", args.epochs or 40), ("ghost_resnet18", args.ghost_epochs)):
+        started = time.perf_counter()
+        trainer = Trainer(config_for(args, name, device, epochs=epochs), data, device)
+        history = trainer.fit(lambda metrics: None).history
+        seconds = time.perf_counter() - started
+        steady = [m.epoch_seconds for m in history[1:]] or [history[0].epoch_seconds]
+        models[name] = {
+            "epochs": epochs,
+            "seconds": seconds,
+            "epoch_seconds": [m.epoch_seconds for m in history],
+            "median_epoch_seconds_after_first": statistics.median(steady),
+            "images_per_second": statistics.median(m.images_per_second for m in history),
+            "best_test_acc": max(m.test_acc for m in history),
+            "model_flops": forward_flops(trainer.model, device),
+            "precision": trainer.precision,
+        }
+        del trainer
+    models["resnet18"]["end_to_end_seconds"] = load_seconds + models["resnet18"]["seconds"]
+    result = {
+        "mode": "recipe",
+        "environment": environment(device),
+        "settings": {"batch_size": args.batch_size, "compile": args.compile,
+                     "train_images": len(data.train), "test_images": len(data.test),
+                     "load_seconds": load_seconds, "data": data.source},  # fmt: skip
+        "models": models,
+    }
+    result["targets"] = report.recipe_targets(result)
+    return result
+
+
+if __name__ == "__main__":
+    warnings.simplefilter("default")  # show the --compile fallback warning
+    main()

@@ -1,0 +1,99 @@
+"""Interleaved timing for a shared, noisy machine, and the facts a figure needs beside it.
+
+Every variant runs one block per round, in an order rotated each round, so a slow spell (another
+process taking the cores, a GPU clock change) hits every variant alike; ratios are taken within a
+round, between blocks that ran minutes or less apart.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    run_block: Callable[[], int]  # trains one block, returns how many images it trained on
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    variants: list[Variant], rounds: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Images per second of each block of each variant, after `warmup` untimed blocks each."""
+    for variant in variants:
+        for _ in range(warmup):
+            variant.run_block()
+    synchronize(device)
+    rates: dict[str, list[float]] = {v.name: [] for v in variants}
+    for r in range(rounds):
+        shift = r % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            started = time.perf_counter()
+            images = variant.run_block()
+            synchronize(device)
+            rates[variant.name].append(images / (time.perf_counter() - started))
+    return rates
+
+
+def summary(values: list[float]) -> dict[str, object]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, object]:
+    """Round-by-round ratios of two variants' rates, summarised."""
+    return summary([a / b for a, b in zip(numerator, denominator)])
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    import torchvision
+
+    facts: dict[str, object] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device.type,
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        facts["cuda"] = torch.version.cuda
+        facts["cudnn"] = torch.backends.cudnn.version()
+    return facts
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or sys.platform

@@ -1,0 +1,29 @@
+"""Writing a file so that a reader sees all of it or none of it, even if the writer is killed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """Yield a temporary file beside `path`; once the block ends without error, flush it to disk
+    and rename it to `path` (a rename within a folder is atomic). On an error, or a signal, the
+    temporary file is removed and `path` is untouched. A SIGKILL can leave only a `*.tmp` file,
+    which no reader opens."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

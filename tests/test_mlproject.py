@@ -1,0 +1,86 @@
+"""MLproject agrees with the CLI, conda.yaml with pyproject, and `mlflow run` really trains."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+
+import click
+import mlflow
+import pytest
+import yaml
+
+from cifar_mlflow.cli import cli
+
+from .conftest import PROJECT_ROOT
+
+MLPROJECT = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())
+TRAIN_ENTRY_POINTS = ("main", "train")
+
+
+def cli_options(command: click.Command) -> dict[str, click.Option]:
+    """Value-taking options by parameter name (flag aliases such as --no-system-metrics excluded)."""
+    return {
+        p.name: p
+        for p in command.params
+        if isinstance(p, click.Option) and not p.is_flag and p.name != "help"
+    }
+
+
+@pytest.mark.parametrize("entry_point", TRAIN_ENTRY_POINTS)
+def test_mlproject_parameters_match_the_train_options(entry_point):
+    options = cli_options(cli.get_command(click.Context(cli), "train"))
+    spec = MLPROJECT["entry_points"][entry_point]
+    assert set(spec["parameters"]) == set(options)
+    for name, param in spec["parameters"].items():
+        option = options[name]
+        assert option.type.convert(str(param["default"]), option, None) == option.default, name
+        assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], name
+    assert spec["command"].startswith("python -m entrypoints.train ")
+
+
+def test_entry_points_main_and_train_are_the_same_job():
+    main, train = (MLPROJECT["entry_points"][e] for e in TRAIN_ENTRY_POINTS)
+    assert main == train
+
+
+def test_conda_env_installs_the_project_dependencies():
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    conda = yaml.safe_load((PROJECT_ROOT / MLPROJECT["conda_env"]).read_text())
+    assert "python=3.11" in conda["dependencies"]
+    [pip] = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
+    assert sorted(pip) == sorted(pyproject["project"]["dependencies"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["image_folder", "torchvision_dir"])
+def test_mlflow_run_trains_and_tracks(layout, request, tracking, mlflow_server):
+    data_dir = request.getfixturevalue(layout)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        # `python` in the entry point's command must be this interpreter, with the project installed.
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    }
+    params = {
+        "activation": "sigmoid", "epochs": "1", "batch_size": "16", "data_dir": str(data_dir),
+        "device": "cpu", "system_metrics": "false",
+    }  # fmt: skip
+    command = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local",
+               "--experiment-name", tracking]  # fmt: skip
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    [run] = mlflow.search_runs(experiment_names=[tracking], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["activation"] == "sigmoid" and run.data.tags["activation"] == "sigmoid"
+    assert run.data.params["epochs"] == "1"
+    assert set(run.data.metrics) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr",
+                                     "epoch_seconds", "images_per_second", "best_test_acc"}  # fmt: skip
+    # `mlflow run` made this run and our code logged into it, rather than into a second run.
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.data.params["model_params"] == "11173962"

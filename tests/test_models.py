@@ -1,0 +1,57 @@
+"""The two study models: exact parameter counts, logits out, the activation and conv injected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cifar_mlflow.models import ACTIVATIONS, MODELS, GhostModule, build_model, count_parameters
+
+EXPECTED_PARAMETERS = {"resnet18": 11_173_962, "ghost_resnet18": 5_706_186}
+ACTIVATION_TYPES = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
+
+
+def test_registry_covers_the_study():
+    assert set(MODELS) == set(EXPECTED_PARAMETERS)
+    assert set(ACTIVATIONS) == set(ACTIVATION_TYPES)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_parameter_count_and_logits(name, activation):
+    model = build_model(name, activation)
+    assert count_parameters(model) == EXPECTED_PARAMETERS[name]
+    logits = model.eval()(torch.randn(3, 3, 32, 32))
+    assert logits.shape == (3, 10)
+    # Logits, not probabilities: rows do not sum to one.
+    assert not torch.allclose(logits.softmax(1).sum(1), logits.sum(1))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_the_chosen_activation_is_the_only_one(name, activation):
+    model = build_model(name, activation)
+    used = {type(m) for m in model.modules() if type(m) in ACTIVATION_TYPES.values()}
+    assert used == {ACTIVATION_TYPES[activation]}
+    # stem + 2 per block (after conv1 and after the residual sum), 8 blocks; Ghost adds 2 per module.
+    count = sum(isinstance(m, ACTIVATION_TYPES[activation]) for m in model.modules())
+    assert count == (1 + 16 + (32 if name == "ghost_resnet18" else 0))
+
+
+def test_ghost_replaces_every_block_3x3_conv():
+    ghost, plain = build_model("ghost_resnet18", "relu"), build_model("resnet18", "relu")
+    assert sum(isinstance(m, GhostModule) for m in ghost.modules()) == 16
+    dense_3x3 = [
+        m for m in ghost.layers.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 1
+    ]  # fmt: skip
+    # Only the Ghost primary convs remain dense 3x3, each making half the output maps.
+    assert all(m.out_channels * 2 == m2.out_channels for m, m2 in zip(
+        dense_3x3, [c for c in plain.layers.modules() if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3)]
+    ))  # fmt: skip
+
+
+def test_ghost_module_slices_to_odd_widths():
+    module = GhostModule(8, 5, 1, ACTIVATIONS["relu"])
+    assert module(torch.randn(2, 8, 6, 6)).shape == (2, 5, 6, 6)

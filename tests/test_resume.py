@@ -1,0 +1,166 @@
+"""Checkpoints and resume, with real faults: a training process killed with SIGKILL mid-epoch
+continues in the same MLflow run and ends bitwise equal (on CPU) to a run never interrupted."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import mlflow
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow import checkpoint
+from cifar_mlflow.cli import cli
+from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG, RESUMED_TAG, SLOTS
+from cifar_mlflow.tracking import FAILURE_TAG
+
+from .conftest import tiny_train_args
+from .processes import DETERMINISTIC_KEYS, PER_EPOCH_KEYS, SMALL_RUN, TrainingProcess, history
+from .processes import steps, wait_for_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def resumable_args(data_dir, experiment) -> list[str]:
+    return tiny_train_args(data_dir, experiment, "--epochs", "3", "--seed", "5", *SMALL_RUN)
+
+
+def train(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def final_weights(run_id: str) -> dict[str, torch.Tensor]:
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/model_state.pt")
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_as(run_id: str, reference: str) -> None:
+    """Each epoch logged exactly once, with the reference's values and final weights."""
+    client = MlflowClient()
+    run, ref = client.get_run(run_id), client.get_run(reference)
+    assert run.info.status == "FINISHED"
+    assert FAILURE_TAG not in run.data.tags
+    for key in PER_EPOCH_KEYS:
+        assert steps(run_id, key) == [1, 2, 3], key
+    for key in DETERMINISTIC_KEYS:
+        assert history(run_id, key) == history(reference, key), key
+    assert run.data.metrics["best_test_acc"] == ref.data.metrics["best_test_acc"]
+    mine, theirs = final_weights(run_id), final_weights(reference)
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mlflow_server, image_folder) -> str:
+    """The reference run: same settings and seed, never stopped."""
+    experiment = f"reference-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+        env.setenv("MLFLOW_EXPERIMENT_ID", "")  # set_experiment exports it: undo that afterwards
+        env.delenv("MLFLOW_EXPERIMENT_ID")
+        result = train(*resumable_args(image_folder, experiment))
+        assert result.exit_code == 0, result.output
+        [run] = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return run.info.run_id
+
+
+@pytest.mark.parametrize("how", ["--resume", "relaunch-with-MLFLOW_RUN_ID"])
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
+    how, image_folder, tracking, uninterrupted, monkeypatch
+):
+    process = TrainingProcess(resumable_args(image_folder, tracking))
+    run_id = process.run_id()
+    wait_for_checkpoint(run_id, 1)
+    process.process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # nobody could mark it
+    assert steps(run_id, "test_acc") == [1], "killed too late: epoch 2 had already finished"
+
+    if how == "--resume":
+        result = train("train", "--resume", run_id)
+    else:  # what `mlflow run --run-id RUN_ID` does: the same command, the run id in the env
+        monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+        result = train(*resumable_args(image_folder, tracking))
+    assert result.exit_code == 0, result.output
+    assert_same_as(run_id, uninterrupted)
+    assert MlflowClient().get_run(run_id).data.tags[RESUMED_TAG] == "1"
+
+
+def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(tracking, uninterrupted, tmp_path):
+    """A process can die after its checkpoint reached the server and before its metrics did.
+    Here the server is left in that state by hand: epoch 2's checkpoint (the reference run's own
+    file), epoch 1's metrics only. Resuming logs epoch 2 from the checkpoint and trains epoch 3."""
+    client = MlflowClient()
+    reference = client.get_run(uninterrupted)
+    previous_slot = next(s for s in SLOTS if not reference.data.tags[CHECKPOINT_TAG].startswith(s))
+    saved = client.download_artifacts(uninterrupted, f"{previous_slot}/checkpoint.pt", str(tmp_path))
+    assert checkpoint.load(saved)["epoch"] == 2
+
+    run = client.create_run(mlflow.set_experiment(tracking).experiment_id)
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, 0, 1) for k in PER_EPOCH_KEYS for step, v in history(uninterrupted, k) if step == 1],
+        params=[mlflow.entities.Param(k, v) for k, v in reference.data.params.items()],
+    )
+    client.log_artifact(run_id, saved, SLOTS[0])
+    client.set_tag(run_id, CHECKPOINT_TAG, f"{SLOTS[0]}/checkpoint.pt")
+    client.set_tag(run_id, CHECKPOINT_EPOCH_TAG, "2")
+
+    result = train("train", "--resume", run_id)
+    assert result.exit_code == 0, result.output
+    assert "epoch 3/3" in result.output and "epoch 2/3" not in result.output
+    assert_same_as(run_id, uninterrupted)
+
+
+def test_resume_refuses_what_it_cannot_continue(tracking, uninterrupted):
+    changed = train("train", "--resume", uninterrupted, "--lr", "0.1")
+    assert changed.exit_code == 2 and "drop --lr" in changed.output
+    finished = train("train", "--resume", uninterrupted)
+    assert finished.exit_code == 1 and "already finished" in finished.output
+    unknown = train("train", "--resume", uuid.uuid4().hex)
+    assert unknown.exit_code == 1 and "no run" in unknown.output
+
+    client = MlflowClient()
+    params = client.get_run(uninterrupted).data.params
+    fresh = client.create_run(mlflow.set_experiment(tracking).experiment_id).info.run_id
+    client.log_batch(fresh, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    no_checkpoint = train("train", "--resume", fresh)
+    assert no_checkpoint.exit_code == 1 and "has no checkpoint" in no_checkpoint.output
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from cifar_mlflow.files import atomic_write
+target, marker = Path(sys.argv[1]), Path(sys.argv[2])
+for i in range(1_000_000):
+    with atomic_write(target) as f:
+        f.write(bytes([i % 256]) * 30_000_000)
+    marker.touch()
+"""
+
+
+def test_checkpoint_file_is_never_half_written_even_under_sigkill(tmp_path):
+    """Kill a process that rewrites a 30 MB file in a loop: what is left is always whole (a
+    `.tmp` file of the interrupted write may remain beside it; no reader opens those)."""
+    target, marker = tmp_path / "checkpoint.pt", tmp_path / "written-once"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(marker)])
+    try:
+        while not marker.exists():
+            assert writer.poll() is None, "writer died"
+            time.sleep(0.01)
+        time.sleep(0.05)  # into the next write
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(30)
+    finally:
+        writer.kill()
+    data = target.read_bytes()
+    assert len(data) == 30_000_000 and data == data[:1] * len(data)

@@ -1,0 +1,87 @@
+"""SIGTERM and SIGINT sent to real processes: the step in progress finishes, the run is marked
+KILLED with its last checkpoint kept, and the process exits promptly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow import checkpoint
+from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG
+from cifar_mlflow.tracking import FAILURE_TAG
+
+from .conftest import tiny_train_args
+from .processes import SMALL_RUN, TrainingProcess, steps, wait_for_checkpoint
+
+# A training step here takes ~1 s (more on a loaded machine), then the run is marked KILLED.
+PROMPT_SECONDS = 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_marks_the_run_killed_keeps_its_checkpoint_and_exits_promptly(
+    signum, image_folder, tracking, tmp_path
+):
+    process = TrainingProcess(tiny_train_args(image_folder, tracking, "--epochs", "3", *SMALL_RUN))
+    run_id = process.run_id()
+    wait_for_checkpoint(run_id, 1)
+    sent = time.monotonic()
+    process.process.send_signal(signum)
+    assert process.wait(120) == 128 + signum
+    assert time.monotonic() - sent < PROMPT_SECONDS
+
+    name = signal.Signals(signum).name
+    assert process.lines[-1] == (
+        f"error: stopped by {name}: run {run_id} is marked KILLED after epoch 1; continue it "
+        f"with `cifar-mlflow train --resume {run_id}`"
+    ), process.stderr
+    assert "Traceback" not in process.stderr
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[FAILURE_TAG] == f"stopped by {name}"
+    assert steps(run_id, "test_acc") == [1]
+    assert run.data.tags[CHECKPOINT_EPOCH_TAG] == "1"
+    saved = client.download_artifacts(run_id, run.data.tags[CHECKPOINT_TAG], str(tmp_path))
+    assert checkpoint.load(saved)["epoch"] == 1
+
+
+STEPPER = """
+import os, signal, time
+from cifar_mlflow.train import Interrupted, StopOnSignal
+
+def batches():
+    for i in range(1, 6):
+        print(f"making batch {i}", flush=True)
+        yield i
+
+try:
+    with StopOnSignal() as stop:
+        for i in stop.steps(batches()):
+            print(f"step {i} started", flush=True)
+            time.sleep(1.5)  # a slow training step: the signal arrives during it
+            print(f"step {i} finished", flush=True)
+except Interrupted as e:
+    print(f"interrupted: {e}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_a_step_lets_the_step_finish_and_starts_no_other(signum):
+    process = subprocess.Popen([sys.executable, "-c", STEPPER], stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line.strip())
+        if line.strip() == "step 2 started":
+            process.send_signal(signum)
+    assert process.wait(30) == 0
+    assert lines == [
+        "making batch 1", "step 1 started", "step 1 finished",
+        "making batch 2", "step 2 started", "step 2 finished",
+        f"interrupted: stopped by {signal.Signals(signum).name}",
+    ]  # fmt: skip
