@@ -3,15 +3,19 @@
     .venv/bin/python bench/bench_compare.py            # starts its own `mlflow server`
     .venv/bin/python bench/bench_compare.py --tracking-uri http://127.0.0.1:5000
 
-Logs the study once (2 models x 4 activations x 3 optimizers x 4 seeds, plus 4 seeds at lr 0.1:
-100 runs in 25 configurations, 26 comparison charts) through the trainer's tracking functions,
-then times, on the same server in the same process:
-  - fetching the 5 metric histories compare needs: one get_metric_history call per run and metric
-    (the baseline), the bulk endpoint one call per metric, and the bulk endpoint on 4 threads;
-  - drawing the 100 per-run figures: a fresh pyplot figure per run (the baseline) and the shared
-    template compare uses;
-  - the whole `run_compare` (search, fetch, draw, log the artifacts to the compare run, move the
-    report into place), repeated; and the `cifar-mlflow compare` command in a fresh process.
+Logs two studies of 100 runs each through the trainer's tracking functions:
+  - "study": the study's grid (grids/study.yaml: 7 configurations, 3 comparison charts) with 14
+    seeds, 16 for the shared baseline;
+  - "factorial": 2 models x 4 activations x 3 optimizers x 4 seeds, plus 4 seeds at lr 0.1
+    (25 configurations, 26 comparison charts): the most charts 100 runs can ask for here.
+Then times, on the same server in the same process (wall clock, and this process's CPU time,
+which a shared machine disturbs less; the server's CPU is not in it):
+  - fetching the 5 histories compare needs: one get_metric_history call per run and metric (the
+    baseline), the bulk endpoint on 1 thread, and on compare's FETCH_THREADS;
+  - drawing the 100 run figures: a fresh pyplot figure each (the baseline) and compare's stencil;
+  - drawing the comparison charts of each study;
+  - the whole `run_compare` (search, fetch, draw, write, log the artifacts, move the report into
+    place) on each study, repeated; and `cifar-mlflow compare` in a fresh process.
 Writes docs/compare-benchmark.json and docs/compare-benchmark.md.
 """
 
@@ -32,45 +36,58 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import matplotlib.pyplot as plt
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
-from cifar_mlflow import charts, compare, study, tracking  # noqa: E402
-from cifar_mlflow.config import TrainConfig  # noqa: E402
-from tests.conftest import MlflowServer  # noqa: E402
-from tests.test_compare import MODEL_PARAMS, fabricated_history  # noqa: E402
+from cifar_mlflow import charts, compare, study, tracking
+from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.files import atomic_write
+from tests.conftest import MlflowServer
+from tests.test_compare import MODEL_PARAMS, fabricated_history
 
-EXPERIMENT = "bench-compare-100x40"
 EPOCHS = 40
 TARGET_SECONDS = 10.0
 REPEATS = 3
 
 
-def study_configs() -> list[TrainConfig]:
-    base = dict(experiment=EXPERIMENT, epochs=EPOCHS, system_metrics=False)
-    configs = [
-        TrainConfig(model=m, activation=a, optimizer=o, seed=s, **base)
+def study_grid() -> list[dict]:
+    """grids/study.yaml: each factor varied around resnet18 / relu / sgd."""
+    baseline = {"model": "resnet18", "activation": "relu", "optimizer": "sgd"}
+    variants = [{"activation": a} for a in ("sigmoid", "leaky_relu", "gelu")]
+    variants += [{"optimizer": o} for o in ("momentum", "adam")] + [{"model": "ghost_resnet18"}]
+    return [{**baseline, "seed": s} for s in range(16)] + [
+        {**baseline, **v, "seed": s} for v in variants for s in range(14)
+    ]
+
+
+def factorial_grid() -> list[dict]:
+    grid = [
+        {"model": m, "activation": a, "optimizer": o, "seed": s}
         for m in ("resnet18", "ghost_resnet18")
         for a in ("relu", "leaky_relu", "gelu", "sigmoid")
         for o in ("sgd", "momentum", "adam")
         for s in range(4)
     ]
-    return configs + [TrainConfig(lr=0.1, seed=s, **base) for s in range(4)]
+    return grid + [{"lr": 0.1, "seed": s} for s in range(4)]
 
 
-def log_study(client: MlflowClient) -> None:
-    """Like a trained run: training_run, log_setup and log_summary, but the 40 epochs go in one
+DESIGNS = {"study": study_grid, "factorial": factorial_grid}
+
+
+def log_design(client: MlflowClient, experiment: str, grid: list[dict]) -> None:
+    """Like trained runs: training_run, log_setup and log_summary, but the 40 epochs go in one
     log_batch call instead of 40 log_epoch calls, which only makes the setup quicker."""
-    done = client.get_experiment_by_name(EXPERIMENT)
-    if done and len(mlflow.search_runs([done.experiment_id], output_format="list")) >= 100:
+    found = client.get_experiment_by_name(experiment)
+    if found and len(compare.select_runs(client, experiment, "", None, False)) == len(grid):
         return
     started = time.perf_counter()
-    for config in study_configs():
+    for options in grid:
+        config = TrainConfig(experiment=experiment, epochs=EPOCHS, system_metrics=False, **options)
         history = fabricated_history(config, quality=0.1 if config.activation == "gelu" else 0.0)
         facts = {"device": "cpu", "model_params": MODEL_PARAMS[config.model], "model_flops": 1}
         with tracking.training_run(config) as run:
@@ -83,25 +100,28 @@ def log_study(client: MlflowClient) -> None:
             ]
             client.log_batch(run.info.run_id, metrics=metrics)
             tracking.log_summary(history)
-    print(f"logged 100 runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(f"{experiment}: logged {len(grid)} runs in {time.perf_counter() - started:.0f} s",
+          file=sys.stderr)  # fmt: skip
 
 
-def timed(fn, repeats: int = 1) -> tuple[float, object]:
-    """Median wall seconds of `repeats` calls, and the last result."""
-    times = []
+def timed(fn, repeats: int = 1) -> tuple[dict, object]:
+    """Median wall and CPU seconds of `repeats` calls (and each call's), and the last result."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu),
+            "wall_all": wall, "cpu_all": cpu}, result  # fmt: skip
 
 
 def fetch_per_run(client: MlflowClient, run_ids: list[str]) -> int:
-    points = 0
-    for key in compare.HISTORY_KEYS:
-        for run_id in run_ids:
-            points += len(client.get_metric_history(run_id, key))
-    return points
+    return sum(
+        len(client.get_metric_history(run_id, key))
+        for key in compare.HISTORY_KEYS
+        for run_id in run_ids
+    )
 
 
 def fetch_bulk(client: MlflowClient, run_ids: list[str], threads: int) -> int:
@@ -127,7 +147,7 @@ def draw_runs_fresh(records, folder: Path) -> None:
         plt.close(fig)
 
 
-def draw_runs_template(records, folder: Path) -> None:
+def draw_runs_stencil(records, folder: Path) -> None:
     figures = charts.RunFigures(records)
     for run in records:
         figures.save(run, "subtitle", folder / f"{run.run_id}.png")
@@ -138,16 +158,17 @@ def draw_comparisons(records, folder: Path) -> int:
     colours = charts.factor_colours(configurations)
     count = 0
     for factor in study.FACTORS:
+        figures = charts.ComparisonFigures(factor, colours[factor])
         for comparison in study.find_comparisons(configurations, factor):
             count += 1
-            charts.draw_comparison(comparison, colours[factor], "title", folder / f"{count}.png")
+            figures.save(comparison, "title", folder / f"{count}.png")
     return count
 
 
-def cli_seconds(uri: str, output_dir: Path) -> float:
+def cli_seconds(uri: str, experiment: str, output_dir: Path) -> float:
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "cifar_mlflow", "compare", "--experiment", EXPERIMENT,
+        [sys.executable, "-m", "cifar_mlflow", "compare", "--experiment", experiment,
          "--output-dir", str(output_dir)],
         env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True, capture_output=True,
     )  # fmt: skip
@@ -158,74 +179,99 @@ def measure(uri: str, workdir: Path) -> dict:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     tracking.connect()
     client = MlflowClient()
-    log_study(client)
-    runs = compare.select_runs(client, EXPERIMENT, "", None, False)
-    run_ids = [r.info.run_id for r in runs]
-    assert len(run_ids) == 100, len(run_ids)
-    results: dict[str, object] = {"runs": len(run_ids), "epochs": EPOCHS}
+    experiments = {name: f"bench-compare-{name}-100x{EPOCHS}" for name in DESIGNS}
+    for name, grid in DESIGNS.items():
+        log_design(client, experiments[name], grid())
+    results: dict = {"load_average_1min_start": os.getloadavg()[0], "epochs": EPOCHS}
 
+    runs = compare.select_runs(client, experiments["factorial"], "", None, False)
+    run_ids = [r.info.run_id for r in runs]
     fetch = {}
-    fetch["per_run_sequential"], points = timed(lambda: fetch_per_run(client, run_ids))
-    fetch["bulk_sequential"], bulk_points = timed(lambda: fetch_bulk(client, run_ids, 1), REPEATS)
-    fetch["bulk_4_threads"], _ = timed(lambda: fetch_bulk(client, run_ids, 4), REPEATS)
-    assert points == bulk_points == 100 * EPOCHS * len(compare.HISTORY_KEYS), (points, bulk_points)
-    fetch["http_calls"] = {"per_run": 100 * len(compare.HISTORY_KEYS),
-                           "bulk": len(compare.HISTORY_KEYS)}  # fmt: skip
-    results["fetch_seconds"] = fetch
+    fetch["per_run"], points = timed(lambda: fetch_per_run(client, run_ids))
+    fetch["bulk_1_thread"], bulk = timed(lambda: fetch_bulk(client, run_ids, 1), REPEATS)
+    fetch["bulk_threads"], _ = timed(
+        lambda: fetch_bulk(client, run_ids, compare.FETCH_THREADS), REPEATS
+    )
+    assert points == bulk == len(run_ids) * EPOCHS * len(compare.HISTORY_KEYS), (points, bulk)
+    results["fetch"] = fetch
+    results["fetch_threads"] = compare.FETCH_THREADS
 
     records = compare.load_records(runs, client)
     draw = {}
-    for name, fn in (("per_run_fresh_pyplot", draw_runs_fresh),
-                     ("per_run_template", draw_runs_template)):  # fmt: skip
+    for name, fn in (("runs_fresh_pyplot", draw_runs_fresh), ("runs_stencil", draw_runs_stencil)):
         folder = Path(tempfile.mkdtemp(dir=workdir))
         draw[name], _ = timed(lambda: fn(records, folder))  # noqa: B023
-    folder = Path(tempfile.mkdtemp(dir=workdir))
-    draw["comparisons"], draw["comparison_charts"] = timed(lambda: draw_comparisons(records, folder))
-    results["draw_seconds"] = draw
+    results["draw"] = draw
 
-    phases = []
-    for i in range(REPEATS):
-        started = time.perf_counter()
-        compare.run_compare(EXPERIMENT, output_dir=workdir / f"report-{i}")
-        phases.append(time.perf_counter() - started)
-    results["run_compare_seconds"] = {"median": statistics.median(phases), "all": phases}
-    results["cli_seconds"] = cli_seconds(uri, workdir / "report-cli")
+    designs = {}
+    for name, experiment in experiments.items():
+        records = compare.load_records(
+            compare.select_runs(client, experiment, "", None, False), client
+        )
+        folder = Path(tempfile.mkdtemp(dir=workdir))
+        charts_time, count = timed(lambda: draw_comparisons(records, folder))  # noqa: B023
+        whole, _ = timed(
+            lambda: compare.run_compare(experiment, output_dir=workdir / f"report-{name}"),  # noqa: B023
+            REPEATS,
+        )
+        designs[name] = {"runs": len(records), "comparison_charts": count,
+                         "draw_comparisons": charts_time, "run_compare": whole}  # fmt: skip
+    results["designs"] = designs
+    results["cli_factorial_wall"] = cli_seconds(uri, experiments["factorial"], workdir / "cli")
     results["target_seconds"] = TARGET_SECONDS
-    results["machine"] = {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
-                          "python": platform.python_version(),
-                          "mlflow": mlflow.__version__,
-                          "matplotlib": matplotlib.__version__}  # fmt: skip
+    results["machine"] = {
+        "cpus": os.cpu_count(), "load_average_1min_end": os.getloadavg()[0],
+        "python": platform.python_version(), "mlflow": mlflow.__version__,
+        "matplotlib": matplotlib.__version__,
+    }  # fmt: skip
     return results
 
 
 def write_docs(results: dict) -> None:
     docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    (docs / "compare-benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    f, d, e = results["fetch_seconds"], results["draw_seconds"], results["run_compare_seconds"]
-    m = results["machine"]
+    with atomic_write(docs / "compare-benchmark.json") as f:
+        f.write((json.dumps(results, indent=2) + "\n").encode())
+    f, d, m = results["fetch"], results["draw"], results["machine"]
+    threads = results["fetch_threads"]
     rows = [
-        ("fetch 5 histories: get_metric_history per run and metric (500 calls)", f["per_run_sequential"]),
-        ("fetch 5 histories: bulk endpoint, 1 thread (5 calls)", f["bulk_sequential"]),
-        ("fetch 5 histories: bulk endpoint, 4 threads (5 calls) **used**", f["bulk_4_threads"]),
-        ("100 run figures: fresh pyplot figure each", d["per_run_fresh_pyplot"]),
-        ("100 run figures: shared template **used**", d["per_run_template"]),
-        (f"{d['comparison_charts']} comparison charts", d["comparisons"]),
-        (f"whole `run_compare` (median of {len(e['all'])})", e["median"]),
-        ("`cifar-mlflow compare` in a fresh process (imports torch)", results["cli_seconds"]),
+        ("fetch 5 histories of 100 runs: get_metric_history per run and metric (500 calls)",
+         f["per_run"]),
+        ("fetch: bulk endpoint, 5 calls on 1 thread", f["bulk_1_thread"]),
+        (f"fetch: bulk endpoint, 5 calls on {threads} threads (**compare**)", f["bulk_threads"]),
+        ("100 run figures: a fresh pyplot figure each", d["runs_fresh_pyplot"]),
+        ("100 run figures: stencil (**compare**)", d["runs_stencil"]),
     ]  # fmt: skip
+    for name, design in results["designs"].items():
+        n = design["comparison_charts"]
+        rows.append((f"{name}: {n} comparison charts", design["draw_comparisons"]))
+        rows.append(
+            (f"{name}: **whole `run_compare`** (median of {REPEATS})", design["run_compare"])
+        )
+    designs = (
+        f"`bench/bench_compare.py`: 100 runs of {results['epochs']} epochs on a local "
+        "`mlflow server` (sqlite backend, 1 worker, same machine); target: compared and charted "
+        f"in under {results['target_seconds']:.0f} s. Two designs of 100 runs: *study* "
+        "(grids/study.yaml's 7 configurations, 14-16 seeds each, 3 comparison charts) and "
+        "*factorial* (2 models x 4 activations x 3 optimizers x 4 seeds + 4 runs at lr 0.1: 25 "
+        "configurations, 26 comparison charts)."
+    )
+    machine = (
+        f"Machine: {m['cpus']} CPUs shared with other developers (1-minute load average "
+        f"{results['load_average_1min_start']:.1f} at the start, {m['load_average_1min_end']:.1f} "
+        f"at the end); Python {m['python']}, MLflow {m['mlflow']}, matplotlib {m['matplotlib']}. "
+        "Seconds; CPU is this process's time (the server's is not in it)."
+    )
+    cli = (
+        "| factorial: `cifar-mlflow compare` in a fresh process (imports torch) | "
+        f"{results['cli_factorial_wall']:.2f} | |"
+    )
     lines = [
-        "# compare benchmark", "",
-        f"`bench/bench_compare.py`: {results['runs']} runs of {results['epochs']} epochs on a "
-        "local `mlflow server` (sqlite), target: compared and charted in under "
-        f"{results['target_seconds']:.0f} s.", "",
-        f"Machine: {m['cpus']} CPUs, shared (1-minute load average at the end: "
-        f"{m['load_average_1min']:.1f}); Python {m['python']}, MLflow {m['mlflow']}, "
-        f"matplotlib {m['matplotlib']}. Wall seconds, medians where repeated.", "",
-        "| step | seconds |", "|---|---|",
-        *(f"| {name} | {seconds:.2f} |" for name, seconds in rows), "",
+        "# compare benchmark", "", designs, "", machine, "",
+        "| step | wall s | CPU s |", "|---|---|---|",
+        *(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |" for name, t in rows), cli, "",
     ]  # fmt: skip
-    (docs / "compare-benchmark.md").write_text("\n".join(lines))
+    with atomic_write(docs / "compare-benchmark.md") as f:
+        f.write("\n".join(lines).encode())
 
 
 def main() -> None:
@@ -236,14 +282,14 @@ def main() -> None:
         server = None
         if args.tracking_uri is None:
             server = MlflowServer(Path(tmp))
-            server.wait_ready()
+            server.wait_ready(timeout=300)
         try:
             results = measure(args.tracking_uri or server.uri, Path(tmp))
         finally:
             if server:
                 server.stop()
     write_docs(results)
-    print(json.dumps(results, indent=2))
+    print((ROOT / "docs" / "compare-benchmark.md").read_text())
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from bench.timing import Variant, environment, interleaved, paired_ratio, summar
 from cifar_mlflow.config import DEFAULTS, TrainConfig  # noqa: E402
 from cifar_mlflow.data import Cifar10, load_cifar10  # noqa: E402
 from cifar_mlflow.engine import Trainer, build_optimizer, forward_flops, resolve_device  # noqa: E402
+from cifar_mlflow.errors import UserError  # noqa: E402
 from cifar_mlflow.models import MODELS  # noqa: E402
 
 DATA_DIR = "/work/shared/data/cifar10-jpeg"
@@ -70,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed blocks per variant first")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--compile", action="store_true", help="the engine trains through torch.compile")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--epochs", type=int, help="--accuracy: 2; --recipe: 40 for ResNet-18")
     p.add_argument("--ghost-epochs", type=int, default=5, help="--recipe: Ghost-ResNet-18 epochs")
     p.add_argument("--seeds", default="0", help="--accuracy: comma-separated seeds")
@@ -86,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     on_gpu = device.type == "cuda"
     cores = os.cpu_count() or 1
     default_workers = "4" if on_gpu else f"0,{min(4, cores)}"
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def load(args: argparse.Namespace, train_limit: int = 0, test_limit: int = 0) -> Cifar10:
-    return load_cifar10(args.data_dir, train_limit or args.train_limit, test_limit or args.test_limit)
+    """The images, limited by --train-limit/--test-limit, else by the mode's own limits."""
+    return load_cifar10(args.data_dir, args.train_limit or train_limit, args.test_limit or test_limit)
 
 
 def config_for(args: argparse.Namespace, model: str, device: torch.device, **changes) -> TrainConfig:
@@ -146,6 +151,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict:
         "settings": {
             "batch_size": args.batch_size, "steps_per_block": args.steps, "rounds": args.rounds,
             "warmup_blocks": args.warmup, "workers": args.workers, "compile": args.compile,
+            "torch_threads": torch.get_num_threads(),
             "train_images": len(data.train), "data": data.source,
         },  # fmt: skip
         "models": {},
@@ -153,12 +159,18 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict:
     for name in args.models:
         trainer, variants = throughput_variants(args, name, device, data)
         rates = interleaved(variants, args.rounds, args.warmup, device)
+        clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)  # GPU work is not CPU time
         engine = rates["engine"]
         result["models"][name] = {
             "model_flops": forward_flops(trainer.model, device),
             "precision": trainer.precision,
-            "images_per_second": {k: summary(v) for k, v in rates.items()},
-            "engine_over": {k: paired_ratio(engine, v) for k, v in rates.items() if k != "engine"},
+            "images_per_second": {
+                c: {k: summary(v[c]) for k, v in rates.items()} for c in clocks
+            },
+            "engine_over": {
+                c: {k: paired_ratio(engine[c], v[c]) for k, v in rates.items() if k != "engine"}
+                for c in clocks
+            },
         }
         del trainer, variants
     result["environment"]["load_average_1min_end"] = os.getloadavg()[0]
@@ -301,4 +313,7 @@ def recipe(args: argparse.Namespace, device: torch.device) -> dict:
 
 if __name__ == "__main__":
     warnings.simplefilter("default")  # show the --compile fallback warning
-    main()
+    try:
+        main()
+    except UserError as e:  # no CUDA, no data...: one line, as the CLI does
+        sys.exit(f"error: {e}")

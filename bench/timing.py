@@ -33,20 +33,26 @@ def synchronize(device: torch.device) -> None:
 
 def interleaved(
     variants: list[Variant], rounds: int, warmup: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Images per second of each block of each variant, after `warmup` untimed blocks each."""
+) -> dict[str, dict[str, list[float]]]:
+    """Each variant's blocks, after `warmup` untimed blocks each, as images per second of wall
+    time ("wall") and per second of this process's CPU time, all its threads ("cpu").
+
+    On a CPU shared with other work the CPU clock is the steadier of the two (measured on 2
+    cores at load 7: a ResNet-18 step took 6.6-13.1 s of wall time, 3.9-4.5 s of CPU time); it
+    leaves out DataLoader workers, which flatters the baseline."""
     for variant in variants:
         for _ in range(warmup):
             variant.run_block()
     synchronize(device)
-    rates: dict[str, list[float]] = {v.name: [] for v in variants}
+    rates = {v.name: {"wall": [], "cpu": []} for v in variants}
     for r in range(rounds):
         shift = r % len(variants)
         for variant in variants[shift:] + variants[:shift]:
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             images = variant.run_block()
             synchronize(device)
-            rates[variant.name].append(images / (time.perf_counter() - started))
+            rates[variant.name]["wall"].append(images / (time.perf_counter() - wall))
+            rates[variant.name]["cpu"].append(images / (time.process_time() - cpu))
     return rates
 
 

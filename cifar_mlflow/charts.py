@@ -1,45 +1,49 @@
-"""What compare draws and writes: comparison charts, one figure per run, the table, report.md.
+"""What compare draws: a chart per comparison and a figure per run, as PNG files.
 
-Drawing axes (ticks, tick labels, grid) is most of matplotlib's time, ~50 ms per axes on this
-2-core machine, and a report has a hundred figures. So each kind of figure is laid out once as a
-`Stencil`: its frame (axes, ticks, labels) is drawn once per set of axis limits, and each chart
-draws only its own lines, bands, bars and texts onto a copy of that frame. Axis limits are
-rounded to tick values, so charts of one study share a few frames. Measured in
-docs/compare-benchmark.md: 100 run figures and 26 comparison charts in ~N s instead of ~M s.
+A report has a hundred figures, and on this 2-core machine matplotlib spends ~50 ms drawing each
+axes (ticks, tick labels, grid) and ~0.2 ms on each glyph of text (3.11 lays text out glyph by
+glyph in Python). So each kind of figure is a `Stencil`: its frame (axes, ticks, axis labels) is
+drawn once per set of axis limits, each chart draws only its own lines, bands and bars onto a
+copy of that frame, and its titles and value labels are written by Pillow (~0.4 ms a string).
+Axis limits are rounded to tick values, so the charts of one study share a few frames. Measured
+in docs/compare-benchmark.md.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from .study import (
-    FACTOR_VALUES, FACTORS, TABLE_CONFIG_KEYS, Comparison, Configuration, RunRecord,
-    find_comparisons, group_configurations, seed_band, table_rows, varying_keys,
-)  # fmt: skip
+from .study import FACTOR_VALUES, FACTORS, Comparison, Configuration, RunRecord, seed_band
 
+# matplotlib's tab10
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip  (matplotlib's tab10)
+           "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
 TRAIN_COLOUR, TEST_COLOUR = PALETTE[0], PALETTE[1]
 DPI = 100
-PNG_OPTIONS = {"compress_level": 1}  # zlib level 1, not 6: measured ~3x faster, files ~1.5x larger
+# Charts have few colours: a 256-colour palette PNG looks the same and, measured on a 1100x820
+# chart, takes ~13 ms (quantize + zlib level 1) instead of ~32-50 ms as RGB, at half the size.
+PALETTE_COLOURS = 256
 TICKS = 6  # at most, per axis
 MARKERS_UP_TO = 10  # epochs: with few points a line needs markers (one epoch is a lone point)
 # Cross-entropy of a uniform guess over 10 classes is ln 10 = 2.30; a run far above it has
 # diverged, so the shared loss axis of the run figures stops at twice that.
 LOSS_AXIS_CAP = 2 * math.log(10)
-BAND_NOTE = "lines: mean over seeds; shaded: min to max over seeds; n: runs"
-CURVES = (("test_acc", "test accuracy (%)", 100.0), ("train_loss", "train loss (cross-entropy)", 1.0))
+BAND_NOTE = "lines: mean over a configuration's runs (n in the legend); shading: their min to max"
+CURVES = (("test_acc", "test accuracy (%)", 100.0),
+          ("train_loss", "train loss (cross-entropy)", 1.0))  # fmt: skip
 BARS = (("model_params", "parameters", 1e-6, "{:.2f}M"),
         ("seconds_per_epoch", "mean seconds per epoch", 1.0, "{:.1f} s"),
         ("best_test_acc", "best test accuracy", 100.0, "{:.1f}%"))  # fmt: skip
@@ -66,7 +70,7 @@ def describe(config: Mapping[str, str], keys: Iterable[str]) -> str:
         value = config[key]
         parts.append(
             value if key in FACTORS
-            else f"{value} epochs" if key == "epochs"
+            else f"{value} epoch{'' if value == '1' else 's'}" if key == "epochs"
             else f"{key.replace('_', ' ')} {value}"
         )  # fmt: skip
     return " · ".join(parts)
@@ -89,48 +93,87 @@ def epoch_limits(max_epoch: int) -> tuple[float, float]:
     return 1 - pad, max_epoch + pad
 
 
+SWATCH = 22  # pixels: the line before a legend entry
+
+
+@dataclass(frozen=True)
+class Label:
+    """Text for Pillow to write: at pixel (x, y) from the top left, anchored as Pillow's anchors
+    say ("mt": middle of the top edge, "lt": left top, "md": middle of the bottom edge). A
+    swatch colour puts a legend line before it, at (x, y) (then the anchor must be "lm")."""
+
+    x: float
+    y: float
+    text: str
+    anchor: str = "lt"
+    bold: bool = False
+    points: float = 10
+    colour: str = "black"
+    swatch: str | None = None
+
+
+@cache
+def _font(bold: bool, points: float) -> ImageFont.FreeTypeFont:
+    # matplotlib's own default font, so labels match the tick labels.
+    path = font_manager.findfont(font_manager.FontProperties(weight="bold" if bold else "normal"))
+    return ImageFont.truetype(path, round(points * DPI / 72))
+
+
 class Stencil:
-    """A figure whose frame is drawn once per set of axis limits (the cache key), and whose
-    charts draw only the artists added since `begin()`, which `save()` then removes again."""
+    """A figure whose frame is drawn once per set of axis limits; a chart draws its (animated)
+    artists on a copy of the frame, then Pillow writes its labels and the PNG."""
 
     def __init__(self, figure: Figure):
         self.figure = figure
         self.canvas = FigureCanvasAgg(figure)
         self.frames: dict[tuple, object] = {}
-        self.before: set[int] = set()
 
-    def _artists(self) -> list[Artist]:
-        return [*self.figure.get_children(), *(a for ax in self.figure.axes for a in ax.get_children())]
+    def to_pixels(self, transform, x: float, y: float) -> tuple[float, float]:
+        """Pillow's pixel position of (x, y) in a matplotlib transform (y runs down in Pillow)."""
+        px, py = transform.transform((x, y))
+        return float(px), self.figure.bbox.height - float(py)
 
-    def begin(self) -> None:
-        self.before = {id(a) for a in self._artists()}
-
-    def save(self, path: Path) -> None:
-        new = [a for a in self._artists() if id(a) not in self.before]
-        for artist in new:
-            artist.set_animated(True)  # left out of the frame
+    def save(self, path: Path, artists: Iterable[Artist], labels: Iterable[Label]) -> None:
         key = tuple((ax.get_xlim(), ax.get_ylim()) for ax in self.figure.axes)
         if key not in self.frames:
-            self.canvas.draw()
+            self.canvas.draw()  # animated artists are left out
             self.frames[key] = self.canvas.copy_from_bbox(self.figure.bbox)
         self.canvas.restore_region(self.frames[key])
-        for artist in sorted(new, key=lambda a: a.get_zorder()):
-            (artist.axes or self.figure).draw_artist(artist)
+        for artist in sorted(artists, key=lambda a: a.get_zorder()):
+            artist.axes.draw_artist(artist)
         image = Image.fromarray(np.asarray(self.canvas.buffer_rgba())).convert("RGB")
-        image.save(path, **PNG_OPTIONS)
-        for ax in self.figure.axes:
-            for container in list(ax.containers):  # bars with their error bars
-                container.remove()
-        for artist in self._artists():
-            if id(artist) not in self.before:
-                artist.remove()
+        draw = ImageDraw.Draw(image)
+        for label in labels:
+            x = label.x
+            if label.swatch:
+                draw.line([(x, label.y), (x + SWATCH, label.y)], fill=label.swatch, width=3)
+                x += SWATCH + 6
+            draw.text((x, label.y), label.text, fill=label.colour, anchor=label.anchor,
+                      font=_font(label.bold, label.points))  # fmt: skip
+        image.quantize(PALETTE_COLOURS, method=Image.Quantize.FASTOCTREE).save(
+            path, compress_level=1
+        )
+
+
+def legend_row(entries: list[tuple[str | None, str]], y: float, width: float) -> list[Label]:
+    """A one-line legend centred at height y: (colour or None for a plain heading, text)."""
+    gap = 18
+    sizes = [(SWATCH + 6 if colour else 0) + _font(False, 10).getlength(text)
+             for colour, text in entries]  # fmt: skip
+    x = (width - sum(sizes) - gap * (len(entries) - 1)) / 2
+    labels = []
+    for (colour, text), size in zip(entries, sizes):
+        labels.append(Label(x, y, text, "lm", swatch=colour))
+        x += size + gap
+    return labels
 
 
 def _curve_axes(ax, ylabel: str) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(TICKS, integer=True))
+    # min_n_ticks=1: a one-epoch axis shows just "1", not 0.6, 0.8...
+    ax.xaxis.set_major_locator(MaxNLocator(TICKS, integer=True, min_n_ticks=1))
     ax.yaxis.set_major_locator(MaxNLocator(TICKS))
 
 
@@ -140,79 +183,93 @@ class ComparisonFigures:
 
     def __init__(self, factor: str, colours: Mapping[str, str]):
         self.factor, self.colours = factor, colours
-        self.with_bars = factor == "model"
-        height = 8.0 if self.with_bars else 4.6
+        with_bars = factor == "model"
+        height = 8.0 if with_bars else 4.8
         figure = Figure(figsize=(11, height), dpi=DPI)
         # Margins in inches; matplotlib's constrained layout would double the drawing time.
-        grid = figure.add_gridspec(2 if self.with_bars else 1, 6, left=0.07, right=0.98,
-                                   top=1 - 0.6 / height, bottom=0.8 / height, hspace=0.35,
+        grid = figure.add_gridspec(2 if with_bars else 1, 6, left=0.07, right=0.98,
+                                   top=1 - 0.8 / height, bottom=0.85 / height, hspace=0.45,
                                    wspace=1.4)  # fmt: skip
         self.curve_axes = [figure.add_subplot(grid[0, :3]), figure.add_subplot(grid[0, 3:])]
         for ax, (_, ylabel, _) in zip(self.curve_axes, CURVES):
             _curve_axes(ax, ylabel)
         self.bar_axes = []
-        for i, (_, title, _, _) in enumerate(BARS if self.with_bars else ()):
+        for i, (_, title, _, _) in enumerate(BARS if with_bars else ()):
             ax = figure.add_subplot(grid[1, 2 * i : 2 * i + 2])
             ax.set_title(title, fontsize="medium")
             # Bars are drawn relative to the tallest and carry their values, so the frame needs
             # no y axis and is the same for every comparison.
+            ax.set_xticks([])
             ax.set_yticks([])
             ax.set_ylim(0, 1.25)
             for side in ("left", "right", "top"):
                 ax.spines[side].set_visible(False)
             self.bar_axes.append(ax)
+        figure.text(0.5, 0.01, BAND_NOTE, ha="center", va="bottom", fontsize="small",
+                    color="#555555")  # fmt: skip
         self.stencil = Stencil(figure)
 
     def save(self, comparison: Comparison, title: str, path: Path) -> None:
-        self.stencil.begin()
-        configurations = comparison.configurations
-        for ax, (key, _, scale) in zip(self.curve_axes, CURVES):
-            low, high = math.inf, -math.inf
-            for configuration in configurations:
-                band = seed_band([r.curve(key) for r in configuration.runs])
-                colour = self.colours[configuration.config[self.factor]]
-                marker = "o" if len(band.epochs) <= MARKERS_UP_TO else None
-                label = f"{comparison.label(configuration)} (n={band.n})"
-                ax.plot(band.epochs, band.mean * scale, color=colour, marker=marker, ms=4,
-                        label=label)  # fmt: skip
-                if band.n > 1:
-                    ax.fill_between(band.epochs, band.low * scale, band.high * scale,
-                                    color=colour, alpha=0.2, linewidth=0)  # fmt: skip
-                low, high = min(low, np.nanmin(band.low)), max(high, np.nanmax(band.high))
-            ax.set_ylim(*nice_limits(low * scale, high * scale))
-            ax.set_xlim(*epoch_limits(max(int(c.runs[0].curve(key).epochs.max())
-                                          for c in configurations)))  # fmt: skip
-        self.curve_axes[0].legend(title=self.factor, fontsize="small", loc="lower right")
+        axes = [*self.curve_axes, *self.bar_axes]
+        before = {id(a) for ax in axes for a in ax.get_children()}
+        width = self.stencil.figure.bbox.width
+        labels = [Label(width / 2, 10, title, "mt", bold=True, points=12)]
+        labels += legend_row([(None, f"{self.factor}:")] + [
+            (self.colours[c.config[self.factor]], f"{comparison.label(c)} (n={len(c.runs)})")
+            for c in comparison.configurations
+        ], 48, width)  # fmt: skip
+        for ax, curve in zip(self.curve_axes, CURVES):
+            self._curves(ax, comparison, *curve)
         for ax, bar in zip(self.bar_axes, BARS):
-            self._bars(ax, comparison, *bar)
-        figure = self.stencil.figure
-        figure.text(0.5, 1 - 0.15 / figure.get_figheight(), title, ha="center", va="top",
-                    fontweight="bold", fontsize="large")  # fmt: skip
-        if any(len(c.runs) > 1 for c in configurations):
-            figure.text(0.5, 0.01, BAND_NOTE, ha="center", va="bottom", fontsize="small",
-                        color="#555555")  # fmt: skip
-        self.stencil.save(path)
+            labels += self._bars(ax, comparison, *bar)
+        new = [a for ax in axes for a in ax.get_children() if id(a) not in before]
+        for artist in new:
+            artist.set_animated(True)
+        self.stencil.save(path, new, labels)
+        for ax in axes:
+            for container in list(ax.containers):  # bars with their error bars
+                container.remove()
+        for artist in (a for ax in axes for a in ax.get_children() if id(a) not in before):
+            artist.remove()
 
-    def _bars(self, ax, comparison: Comparison, stat: str, title: str, scale: float,
-              fmt: str) -> None:  # fmt: skip
+    def _curves(self, ax, comparison: Comparison, key: str, _: str, scale: float) -> None:
+        low, high, last_epoch = math.inf, -math.inf, 1
+        for configuration in comparison.configurations:
+            band = seed_band([r.curve(key) for r in configuration.runs])
+            colour = self.colours[configuration.config[self.factor]]
+            marker = "o" if len(band.epochs) <= MARKERS_UP_TO else None
+            ax.plot(band.epochs, band.mean * scale, color=colour, marker=marker, ms=4)
+            if band.n > 1 and len(band.epochs) > 1:
+                ax.fill_between(band.epochs, band.low * scale, band.high * scale, color=colour,
+                                alpha=0.2, linewidth=0)  # fmt: skip
+            elif band.n > 1:  # a band one epoch wide is a line
+                ax.vlines(band.epochs, band.low * scale, band.high * scale, color=colour)
+            low, high = min(low, np.nanmin(band.low)), max(high, np.nanmax(band.high))
+            last_epoch = max(last_epoch, int(band.epochs[-1]))
+        ax.set_ylim(*nice_limits(low * scale, high * scale))
+        ax.set_xlim(*epoch_limits(last_epoch))
+
+    def _bars(self, ax, comparison: Comparison, stat: str, _: str, scale: float,
+              fmt: str) -> list[Label]:  # fmt: skip
         configurations = comparison.configurations
         if stat == "model_params":
-            stats = [((c.model_params or 0) * scale, None) for c in configurations]
+            stats = [((c.model_params or 0) * scale, 0.0) for c in configurations]
         else:
-            stats = [(mean * scale, std and std * scale) for mean, std in
+            stats = [(mean * scale, (std or 0.0) * scale) for mean, std in
                      (c.stat(stat) for c in configurations)]  # fmt: skip
-        tallest = max((mean + (std or 0) for mean, std in stats), default=0) or 1.0
-        x = np.arange(len(configurations))
+        tallest = max(mean + std for mean, std in stats) or 1.0
         ax.set_xlim(-0.6, len(configurations) - 0.4)
         colours = [self.colours[c.config[self.factor]] for c in configurations]
-        errors = [(std or 0) / tallest for _, std in stats]
-        ax.bar(x, [mean / tallest for mean, _ in stats], width=0.7, color=colours,
-               yerr=errors if any(errors) else None, capsize=4)  # fmt: skip
+        errors = [std / tallest for _, std in stats]
+        ax.bar(range(len(stats)), [mean / tallest for mean, _ in stats], width=0.7,
+               color=colours, yerr=errors if any(errors) else None, capsize=4)  # fmt: skip
+        labels = []
         for i, ((mean, std), configuration) in enumerate(zip(stats, configurations)):
-            ax.text(i, (mean + (std or 0)) / tallest + 0.03, fmt.format(mean), ha="center",
-                    va="bottom")  # fmt: skip
-            ax.text(i, -0.04, comparison.label(configuration), ha="center", va="top",
-                    transform=ax.get_xaxis_transform())  # fmt: skip
+            x, top = self.stencil.to_pixels(ax.transData, i, (mean + std) / tallest)
+            _, bottom = self.stencil.to_pixels(ax.transData, i, 0)
+            labels.append(Label(x, top - 4, fmt.format(mean), "md"))
+            labels.append(Label(x, bottom + 5, comparison.label(configuration), "mt"))
+        return labels
 
 
 class RunFigures:
@@ -225,101 +282,34 @@ class RunFigures:
         finite = [v for v in losses if math.isfinite(v)] or [1.0]
         figure = Figure(figsize=(10, 4.2), dpi=DPI)
         figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.76, wspace=0.22)
-        self.axes = dict(zip(("loss", "acc"), figure.subplots(1, 2)))
-        _curve_axes(self.axes["loss"], "loss (cross-entropy)")
-        _curve_axes(self.axes["acc"], "accuracy (%)")
-        self.axes["loss"].set_ylim(0, nice_limits(0, min(max(finite), LOSS_AXIS_CAP))[1])
-        self.axes["acc"].set_ylim(0, 100)
-        for ax in self.axes.values():
+        axes = dict(zip(("loss", "acc"), figure.subplots(1, 2)))
+        _curve_axes(axes["loss"], "loss (cross-entropy)")
+        _curve_axes(axes["acc"], "accuracy (%)")
+        axes["loss"].set_ylim(0, nice_limits(0, min(max(finite), LOSS_AXIS_CAP))[1])
+        axes["acc"].set_ylim(0, 100)
+        self.lines = {}
+        for kind, ax in axes.items():
             ax.set_xlim(*epoch_limits(max_epoch))
-        handles = [self.axes["loss"].plot([], [], color=c)[0] for c in (TRAIN_COLOUR, TEST_COLOUR)]
-        figure.legend(handles, ["train", "test"], loc="upper right", ncols=2,
-                      bbox_to_anchor=(0.98, 0.9))  # fmt: skip
+            for split, colour in (("train", TRAIN_COLOUR), ("test", TEST_COLOUR)):
+                (line,) = ax.plot([], [], color=colour, label=split, ms=4, animated=True)
+                self.lines[f"{split}_{kind}"] = line
+        figure.legend(handles=[self.lines["train_loss"], self.lines["test_loss"]], ncols=2,
+                      loc="upper right", bbox_to_anchor=(0.98, 0.9))  # fmt: skip
         self.stencil = Stencil(figure)
 
     def save(self, run: RunRecord, subtitle: str, path: Path) -> None:
-        self.stencil.begin()
-        for kind, scale in (("loss", 1.0), ("acc", 100.0)):
-            for split, colour in (("train", TRAIN_COLOUR), ("test", TEST_COLOUR)):
-                curve = run.curve(f"{split}_{kind}")
-                marker = "o" if len(curve.epochs) <= MARKERS_UP_TO else None
-                self.axes[kind].plot(curve.epochs, curve.values * scale, color=colour,
-                                     marker=marker, ms=4)  # fmt: skip
-        figure = self.stencil.figure
-        figure.text(0.07, 0.96, f"{run.name}  (run {run.run_id[:12]})", va="top",
-                    fontweight="bold")  # fmt: skip
-        figure.text(0.07, 0.89, subtitle, va="top")
-        self.stencil.save(path)
-
-
-def write_table(rows: list[dict[str, object]], folder: Path) -> str:
-    """table.csv (the rows as they are) and table.md (rounded, accuracies in %); returns the
-    Markdown."""
-    with open(folder / "table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    config_keys = [k for k in rows[0] if k not in _NUMBER_COLUMNS]
-    header = [*config_keys, "parameters", "seeds", "best test acc (%)", "final test acc (%)",
-              "epoch of best", "s / epoch"]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row[k]) for k in config_keys]
-        cells.append(f"{row['params']:,}" if row["params"] is not None else "?")
-        cells.append(row["seeds"].replace(" ", ", "))
-        for stat in ("best_test_acc", "final_test_acc"):
-            mean, std = row[f"{stat}_mean"], row[f"{stat}_std"]
-            cells.append(f"{mean * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else ""))
-        cells.append(f"{row['best_epoch_mean']:g}" if row["runs"] == 1
-                     else f"{row['best_epoch_mean']:.1f}")  # fmt: skip
-        cells.append(f"{row['seconds_per_epoch_mean']:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n"
-    (folder / "table.md").write_text(markdown)
-    return markdown
-
-
-_NUMBER_COLUMNS = {"params", "seeds", "runs", "best_test_acc_mean", "best_test_acc_std",
-                   "final_test_acc_mean", "final_test_acc_std", "best_epoch_mean",
-                   "seconds_per_epoch_mean", "run_ids"}  # fmt: skip
-
-
-def write_report(runs: list[RunRecord], folder: Path, selection: str) -> dict[str, int]:
-    """Everything compare writes, into `folder`: comparisons/*.png, runs/*.png, table.md,
-    table.csv and report.md embedding them. Returns counts for the caller to log."""
-    configurations = group_configurations(runs)
-    colours = factor_colours(configurations)
-    # Titles name the factors held fixed, lr and epochs, and whatever else differs in the study.
-    context_keys = [*TABLE_CONFIG_KEYS, *varying_keys(configurations)]
-    table = write_table(table_rows(configurations), folder)
-    report = [
-        "# CIFAR-10 ablation: comparison", "",
-        f"{selection}: {len(runs)} training runs in {len(configurations)} configurations.",
-        f"In the charts, {BAND_NOTE}.", "", "## Configurations", "", table,
-        "As CSV, unrounded: [table.csv](table.csv).", "",
-    ]  # fmt: skip
-    (folder / "comparisons").mkdir()
-    count = 0
-    for factor in FACTORS:
-        comparisons = find_comparisons(configurations, factor)
-        figures = ComparisonFigures(factor, colours[factor])
-        report += [f"## {factor.capitalize()} comparisons", ""]
-        if not comparisons:
-            report += [f"No two configurations differ only in the {factor}.", ""]
-        for comparison in comparisons:
-            context = describe(comparison.fixed, [k for k in context_keys if k != factor])
-            name = f"comparisons/{factor}__{slug(context)}.png"
-            figures.save(comparison, f"{factor.capitalize()} comparison: {context}", folder / name)
-            report += [f"### {context}", "", f"![{factor} comparison, {context}]({name})", ""]
-            count += 1
-    (folder / "runs").mkdir()
-    report += ["## Runs", ""]
-    figures = RunFigures(runs)
-    for configuration in configurations:
-        subtitle = describe(configuration.config, context_keys)
-        for run in configuration.runs:
-            name = f"runs/{slug(run.name)}__{run.run_id[:12]}.png"
-            figures.save(run, f"{subtitle} · seed {run.seed}", folder / name)
-            report += [f"![{run.name}]({name})", ""]
-    (folder / "report.md").write_text("\n".join(report))
-    return {"runs": len(runs), "configurations": len(configurations), "comparisons": count}
+        for key, line in self.lines.items():
+            curve = run.curve(key)
+            line.set_data(curve.epochs, curve.values * (100.0 if key.endswith("acc") else 1.0))
+            line.set_marker("o" if len(curve.epochs) <= MARKERS_UP_TO else "")
+        labels = [Label(70, 12, f"{run.name}  (run {run.run_id[:12]})", bold=True, points=11),
+                  Label(70, 40, subtitle)]  # fmt: skip
+        loss_axes = self.lines["train_loss"].axes
+        top = loss_axes.get_ylim()[1]
+        for split in ("train", "test"):  # a diverged loss leaves the shared axis: say so
+            values = run.curve(f"{split}_loss").values
+            if len(values) and not np.nanmax(values) <= top:
+                x, y = self.stencil.to_pixels(loss_axes.transAxes, 0.02, 0.97)
+                labels.append(Label(x, y + 16 * (split == "test"), f"{split} loss off the scale, "
+                                    f"up to {np.nanmax(values):.3g}", colour="#a00000"))  # fmt: skip
+        self.stencil.save(path, self.lines.values(), labels)

@@ -1,9 +1,9 @@
 """`cifar-mlflow compare`: the tracked training runs of an experiment as the study's charts and table.
 
 Training runs are read from MLflow into study.RunRecords, grouped into configurations and
-comparisons (study.py), drawn and tabulated (charts.py) in a temporary folder, logged as
-artifacts of the compare run, and only then moved into --output-dir: a failure leaves neither
-half a report nor a compare run marked FINISHED.
+comparisons (study.py), drawn (charts.py) and written up (report.py) in a temporary folder,
+logged as artifacts of the compare run, and only then moved into --output-dir: a failure leaves
+neither half a report nor a compare run marked FINISHED.
 
 Histories are fetched with MLflow's bulk endpoint: one HTTP call per metric for up to 100 runs
 instead of one per run and metric (measured in docs/compare-benchmark.md).
@@ -29,10 +29,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-from . import charts, tracking
+from . import report, tracking
 from .config import DEFAULT_EXPERIMENT
 from .errors import UserError
-from .study import Curve, RunRecord, effective_config, find_comparisons, group_configurations
+from .study import Curve, RunRecord, effective_config
 
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds")
 SWEEP_TAG = "sweep_id"
@@ -76,7 +76,9 @@ def select_runs(
         )
     except MlflowException as e:
         first_line = str(e.message).strip().splitlines()[0]
-        raise CompareError(f"--filter {filter_string!r} was refused: {first_line}") from None
+        if filter_string.strip():
+            raise CompareError(f"--filter {filter_string!r} was refused: {first_line}") from None
+        raise CompareError(f"searching experiment {experiment!r} failed: {first_line}") from None
     runs = [r for r in runs if "model" in r.data.params]
     if not runs:
         what = "finished training runs" if not include_unfinished else "training runs"
@@ -97,8 +99,7 @@ def fetch_histories(
     """{run_id: {key: Curve}} for every run and key. Over HTTP, one bulk call per key and 100 runs
     (falling back to one call per run and key where a server lacks the endpoint); other stores
     (sqlite, files) are read per run and key."""
-    uri = client._tracking_client.tracking_uri
-    over_http = uri.startswith(("http://", "https://"))
+    over_http = client.tracking_uri.startswith(("http://", "https://"))
     chunks = [run_ids[i : i + BULK_MAX_RUNS] for i in range(0, len(run_ids), BULK_MAX_RUNS)]
     fetch = _bulk_history if over_http else _history_each_run
     points: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
@@ -117,9 +118,8 @@ def fetch_histories(
 
 
 def _bulk_history(client: MlflowClient, key: str, run_ids: list[str]) -> list[tuple]:
-    uri = client._tracking_client.tracking_uri
     response = http_request(
-        get_default_host_creds(uri), BULK_HISTORY_ENDPOINT, "GET",
+        get_default_host_creds(client.tracking_uri), BULK_HISTORY_ENDPOINT, "GET",
         params={"run_id": run_ids, "metric_key": key, "max_results": BULK_MAX_POINTS},
     )  # fmt: skip
     if response.status_code == 404:  # not an MLflow OSS server
@@ -129,7 +129,8 @@ def _bulk_history(client: MlflowClient, key: str, run_ids: list[str]) -> list[tu
         if len(run_ids) == 1:
             return _history_each_run(client, key, run_ids)
         half = len(run_ids) // 2
-        return _bulk_history(client, key, run_ids[:half]) + _bulk_history(client, key, run_ids[half:])
+        first, second = run_ids[:half], run_ids[half:]
+        return _bulk_history(client, key, first) + _bulk_history(client, key, second)
     return [(m["run_id"], int(m["step"]), float(m["value"])) for m in metrics]
 
 
@@ -186,8 +187,11 @@ def compare_run(experiment: str) -> Iterator[mlflow.ActiveRun]:
 def run_compare(
     experiment: str = DEFAULT_EXPERIMENT, filter_string: str = "", sweep: str | None = None,
     include_unfinished: bool = False, output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
+    into_run: str | None = None,
 ) -> tuple[str, dict[str, int]]:  # fmt: skip
-    """Compare the selected training runs; returns the compare run's id and what it holds."""
+    """Compare the selected training runs; returns the compare run's id and what it holds.
+    With `into_run` (a sweep's parent run) the report is logged there instead, and that run's
+    status is left to its owner."""
     uri = tracking.connect()
     client = MlflowClient()
     runs = select_runs(client, experiment, filter_string, sweep, include_unfinished)
@@ -198,19 +202,30 @@ def run_compare(
         )
     selection = {"experiment": experiment, "filter": filter_string, "sweep": sweep or "",
                  "include_unfinished": include_unfinished}  # fmt: skip
-    described = f"Experiment `{experiment}` on `{uri}`" + "".join(
-        f", {k} `{v}`" for k, v in selection.items() if k in ("filter", "sweep") and v
-    ) + ("" if include_unfinished else ", finished runs")
+    described = (
+        f"Experiment `{experiment}` on `{uri}`"
+        + "".join(f", {k} `{v}`" for k, v in selection.items() if k in ("filter", "sweep") and v)
+        + ("" if include_unfinished else ", finished runs")
+    )
     output = Path(output_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as tmp:
-        counts = charts.write_report(records, Path(tmp), described)
-        with compare_run(experiment) as run:
-            mlflow.log_params(selection)
-            mlflow.log_metrics(counts)
-            mlflow.log_artifacts(tmp)
+        counts = report.write_report(records, Path(tmp), described)
+        if into_run:
+            for key, value in counts.items():
+                client.log_metric(into_run, key, value)
+            client.log_artifacts(into_run, tmp)
+            run_id = into_run
+        else:
+            with compare_run(experiment) as run:
+                # `mlflow run` has logged its parameters already, as typed ("false"): keep those.
+                logged = mlflow.get_run(run.info.run_id).data.params
+                mlflow.log_params({k: v for k, v in selection.items() if k not in logged})
+                mlflow.log_metrics(counts)
+                mlflow.log_artifacts(tmp)
+            run_id = run.info.run_id
         _replace_report(Path(tmp), output)
-    return run.info.run_id, counts
+    return run_id, counts
 
 
 def _replace_report(new: Path, output: Path) -> None:

@@ -144,8 +144,8 @@ def _sort_key(config: Mapping[str, str]) -> tuple:
             return (1, float(value), "")
         return (2, 0.0, value)
 
-    factors_first = [*FACTORS[::-1], *sorted(set(config) - set(FACTORS))]  # model, optimizer...
-    return tuple(order(k, config[k]) if k in config else (3, 0.0, "") for k in factors_first)
+    columns = [*TABLE_CONFIG_KEYS, *sorted(set(CONFIG_KEYS) - set(TABLE_CONFIG_KEYS))]
+    return tuple(order(k, config[k]) if k in config else (3, 0.0, "") for k in columns)
 
 
 def group_configurations(runs: Iterable[RunRecord]) -> list[Configuration]:
@@ -171,8 +171,6 @@ def find_comparisons(configurations: Iterable[Configuration], factor: str) -> li
         for key, members in groups.items()
         if len(members) >= 2
     ]
-
-
 
 
 def varying_keys(configurations: Iterable[Configuration]) -> list[str]:

@@ -33,6 +33,9 @@ from .errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 REACHABLE_WITHIN_SECONDS = 10.0
+# A server that answered /health is there but may be slow: basic-auth hashes the password on
+# every request (measured: 4-10 s per request on a loaded 2-core machine without its auth cache).
+API_CHECK_SECONDS = 30
 PACKAGE_DIR = Path(__file__).resolve().parent
 FAILURE_TAG = "failure_reason"  # on FAILED and KILLED runs: why the run did not finish
 # MLflow retries a failed request for ~4 minutes (7 retries, backoff 2 s doubling). Right while
@@ -73,10 +76,13 @@ def _check_credentials(uri: str) -> None:
     try:
         response = http_request(
             creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0,
-            timeout=REACHABLE_WITHIN_SECONDS, raise_on_status=False, params={"max_results": 1},
+            timeout=API_CHECK_SECONDS, raise_on_status=False, params={"max_results": 1},
         )  # fmt: skip
     except (MlflowException, requests.RequestException) as e:
-        raise TrackingError(f"tracking server {uri} failed an API call ({type(e).__name__})") from None
+        why = f"no answer within {API_CHECK_SECONDS} s" if "Timeout" in str(e) else type(e).__name__
+        raise TrackingError(
+            f"tracking server {uri} is up but failed an MLflow API call ({why}): see its log"
+        ) from None
     who = f"user {creds.username!r}" if creds.username else "MLFLOW_TRACKING_TOKEN"
     if response.status_code == 401 and not (creds.username or creds.token):
         raise TrackingError(

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import uuid
 import zlib
 from pathlib import Path
 
@@ -22,13 +23,19 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from cifar_mlflow import compare as compare_module
 from cifar_mlflow import tracking as tracking_module
 from cifar_mlflow.cli import cli
-from cifar_mlflow.compare import BULK_MAX_RUNS, command, fetch_histories
+from cifar_mlflow.compare import HISTORY_KEYS, command, fetch_histories
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.engine import EpochMetrics
 from cifar_mlflow.study import (
-    Curve, RunRecord, effective_config, find_comparisons, group_configurations, seed_band,
+    Curve,
+    RunRecord,
+    effective_config,
+    find_comparisons,
+    group_configurations,
+    seed_band,
     table_rows,
 )  # fmt: skip
 
@@ -74,3 +81,349 @@ def log_synthetic_run(
     except RuntimeError:
         pass
     return run.info.run_id
+
+
+def compare(*args: str):
+    return CliRunner().invoke(cli, ["compare", *args])
+
+
+def read_table(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "table.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def record(run_id: str, seed: int = 0, test_acc=(0.3, 0.5, 0.4), **config: str) -> RunRecord:
+    """A RunRecord made by hand: resnet18 / relu / sgd / lr 0.01 unless told otherwise."""
+    config = {"model": "resnet18", "activation": "relu", "optimizer": "sgd", "lr": "0.01",
+              "epochs": str(len(test_acc)), **config}  # fmt: skip
+    epochs = np.arange(1, len(test_acc) + 1)
+    history = {"test_acc": Curve(epochs, np.array(test_acc)),
+               "epoch_seconds": Curve(epochs, np.full(len(epochs), 10.0 + seed))}  # fmt: skip
+    return RunRecord(run_id, run_id, config, seed, 11173962, history)
+
+
+# --- pure: grouping, bands, table ---------------------------------------------------------------
+
+
+def test_effective_config_spells_values_one_way():
+    """`mlflow run` logs parameters as typed; the tags carry the parsed factor names."""
+    params = {"model": "ResNet18", "activation": "relu", "optimizer": "sgd", "lr": "1e-2",
+              "epochs": "40.0", "compile": "false", "momentum": "0.9", "seed": "3",
+              "experiment": "x", "model_params": "11173962"}  # fmt: skip
+    tags = {"model": "resnet18", "activation": "relu", "optimizer": "sgd"}
+    config = effective_config(params, tags)
+    assert config == {"model": "resnet18", "activation": "relu", "optimizer": "sgd",
+                      "lr": "0.01", "epochs": "40", "compile": "False"}  # fmt: skip
+    momentum = effective_config(
+        {**params, "optimizer": "momentum"}, {**tags, "optimizer": "momentum"}
+    )
+    assert momentum["momentum"] == "0.9"
+
+
+def test_runs_group_into_configurations_and_one_factor_comparisons():
+    runs = [
+        record("relu-0", seed=0), record("relu-1", seed=1),
+        record("gelu", activation="gelu"),
+        record("adam", optimizer="adam"),
+        record("momentum", optimizer="momentum", momentum="0.9"),
+        record("ghost", model="ghost_resnet18"),
+        record("ghost-gelu", model="ghost_resnet18", activation="gelu"),
+        record("lr", lr="0.1"),  # differs in lr as well: compared with nothing
+    ]  # fmt: skip
+    configurations = group_configurations(runs)
+    assert [[r.run_id for r in c.runs] for c in configurations] == [
+        ["relu-0", "relu-1"],
+        ["lr"],
+        ["momentum"],
+        ["adam"],
+        ["gelu"],
+        ["ghost"],
+        ["ghost-gelu"],
+    ]
+
+    def shape(factor):
+        return [[c.config[factor] for c in comparison.configurations]
+                for comparison in find_comparisons(configurations, factor)]  # fmt: skip
+
+    assert shape("activation") == [["relu", "gelu"], ["relu", "gelu"]]  # on each model
+    assert shape("optimizer") == [["sgd", "momentum", "adam"]]  # momentum's own setting aside
+    assert shape("model") == [["resnet18", "ghost_resnet18"], ["resnet18", "ghost_resnet18"]]
+    [activation_on_resnet, _] = find_comparisons(configurations, "activation")
+    assert activation_on_resnet.fixed["model"] == "resnet18"
+    assert [len(c.runs) for c in activation_on_resnet.configurations] == [2, 1]
+
+
+def test_seed_band_is_mean_min_max_per_epoch_over_the_runs_reaching_it():
+    band = seed_band([
+        Curve(np.array([1, 2, 3]), np.array([0.2, 0.4, 0.6])),
+        Curve(np.array([1, 2, 3]), np.array([0.4, 0.8, 0.7])),
+        Curve(np.array([1, 2]), np.array([0.3, 0.3])),  # stopped after two epochs
+    ])  # fmt: skip
+    assert band.n == 3
+    assert band.epochs.tolist() == [1, 2, 3]
+    assert np.allclose(band.mean, [0.3, 0.5, 0.65])
+    assert np.allclose(band.low, [0.2, 0.3, 0.6])
+    assert np.allclose(band.high, [0.4, 0.8, 0.7])
+
+
+def test_table_rows_are_mean_and_sample_std_over_seeds():
+    runs = [record("a", seed=0, test_acc=(0.3, 0.5, 0.4)), record("b", seed=1, test_acc=(0.2, 0.3, 0.7)),
+            record("c", activation="gelu", test_acc=(0.6, 0.1))]  # fmt: skip
+    relu, gelu = table_rows(group_configurations(runs))
+    assert relu["seeds"] == "0 1" and relu["runs"] == 2 and relu["params"] == 11173962
+    assert relu["best_test_acc_mean"] == pytest.approx(0.6)
+    assert relu["best_test_acc_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert relu["final_test_acc_mean"] == pytest.approx(0.55)
+    assert relu["best_epoch_mean"] == pytest.approx(2.5)
+    assert relu["seconds_per_epoch_mean"] == pytest.approx(10.5)
+    assert relu["epochs"] == "3" and gelu["epochs"] == "2"  # epochs is a table column anyway
+    assert gelu["best_test_acc_std"] is None and gelu["best_epoch_mean"] == 1
+
+
+# --- real runs on the real server ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(mlflow_server):
+    """Finished runs for all three comparisons (relu with three seeds), a run that failed after
+    two epochs, and a run of another job; logged once for the tests of this module, which add
+    only compare runs to it (and count them before and after)."""
+    experiment = f"study-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+        mlflow.set_tracking_uri(mlflow_server.uri)
+        ids = _log_study(experiment)
+        env.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment() exported it
+    return experiment, ids
+
+
+def _log_study(experiment: str) -> dict[str, list[str]]:
+    ids = {
+        "relu": [log_synthetic_run(experiment, seed=s) for s in (0, 1, 2)],
+        "gelu": [log_synthetic_run(experiment, activation="gelu", quality=0.1)],
+        "adam": [log_synthetic_run(experiment, optimizer="adam", quality=0.05)],
+        "ghost": [log_synthetic_run(experiment, model="ghost_resnet18", seed=s) for s in (0, 1)],
+    }
+    ids["failed"] = [log_synthetic_run(experiment, activation="sigmoid", status="FAILED")]
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(experiment).experiment_id):
+        mlflow.set_tags({"job": "export"})  # another job's run: no `model` tag
+        mlflow.log_metric("test_acc", 0.99, step=1)
+    return ids
+
+
+def compare_runs(experiment: str) -> list:
+    return mlflow.search_runs(experiment_names=[experiment], filter_string="tags.job = 'compare'",
+                              output_format="list")  # fmt: skip
+
+
+def test_compare_logs_charts_table_and_report_matching_the_runs(study, tracking, tmp_path):
+    experiment, ids = study
+    out = tmp_path / "report"
+    result = compare("--experiment", experiment, "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert "compared 7 runs in 4 configurations (3 comparison charts)" in result.output
+
+    run = mlflow.get_run(result.output.split("logged to run ")[1].split()[0])
+    assert run.info.status == "FINISHED" and run.data.tags["job"] == "compare"
+    assert run.info.experiment_id == mlflow.get_experiment_by_name(experiment).experiment_id
+    assert run.data.params["experiment"] == experiment
+    client = MlflowClient()
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert logged == {"report.md", "table.md", "table.csv", "comparisons", "runs"}
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    for folder in ("comparisons", "runs"):
+        assert {a.path for a in client.list_artifacts(run.info.run_id, folder)} == {
+            p for p in written if p.startswith(folder + "/")
+        }
+    assert sorted(p.split("__")[0] for p in written if p.startswith("comparisons/")) == [
+        "comparisons/activation",
+        "comparisons/model",
+        "comparisons/optimizer",
+    ]
+    finished = [i for k, v in ids.items() if k != "failed" for i in v]
+    assert sorted(p.split("__")[1][:12] for p in written if p.startswith("runs/")) == sorted(
+        i[:12] for i in finished
+    )
+    for png in out.rglob("*.png"):
+        with Image.open(png) as image:
+            assert image.width >= 1000 and len(image.getcolors(256) or ()) > 8, png
+
+    report = (out / "report.md").read_text()
+    for png in written:
+        assert f"]({png})" in report
+    assert "relu (n=3)" not in report  # legends are in the images; the report names the groups
+    assert "## Model comparisons" in report and "### relu · sgd · lr 0.01 · 4 epochs" in report
+
+    rows = {row["activation"] + "/" + row["optimizer"] + "/" + row["model"]: row
+            for row in read_table(out)}  # fmt: skip
+    assert set(rows) == {"relu/sgd/resnet18", "gelu/sgd/resnet18", "relu/adam/resnet18",
+                         "relu/sgd/ghost_resnet18"}  # fmt: skip
+    expected = {"relu/sgd/resnet18": ids["relu"], "gelu/sgd/resnet18": ids["gelu"],
+                "relu/adam/resnet18": ids["adam"], "relu/sgd/ghost_resnet18": ids["ghost"]}  # fmt: skip
+    for key, run_ids in expected.items():
+        row = rows[key]
+        assert row["run_ids"].split() == run_ids
+        assert_row_matches_logged_metrics(row, run_ids, client)
+    assert rows["relu/sgd/resnet18"]["seeds"] == "0 1 2"
+    assert rows["relu/sgd/ghost_resnet18"]["params"] == "5706186"
+    markdown = (out / "table.md").read_text()
+    relu = rows["relu/sgd/resnet18"]
+    best, std = float(relu["best_test_acc_mean"]), float(relu["best_test_acc_std"])
+    assert f"| {best * 100:.2f} ± {std * 100:.2f} |" in markdown
+
+
+def assert_row_matches_logged_metrics(row: dict[str, str], run_ids: list[str], client) -> None:
+    runs = [client.get_run(i) for i in run_ids]
+    best = [r.data.metrics["best_test_acc"] for r in runs]
+    final = [r.data.metrics["test_acc"] for r in runs]  # the latest step's value
+    histories = [client.get_metric_history(i, "test_acc") for i in run_ids]
+    best_epochs = [max(h, key=lambda m: (m.value, -m.step)).step for h in histories]
+    seconds = [np.mean([m.value for m in client.get_metric_history(i, "epoch_seconds")])
+               for i in run_ids]  # fmt: skip
+    assert float(row["best_test_acc_mean"]) == pytest.approx(np.mean(best))
+    assert float(row["final_test_acc_mean"]) == pytest.approx(np.mean(final))
+    if len(runs) > 1:
+        assert float(row["best_test_acc_std"]) == pytest.approx(np.std(best, ddof=1))
+        assert float(row["final_test_acc_std"]) == pytest.approx(np.std(final, ddof=1))
+    else:
+        assert row["best_test_acc_std"] == row["final_test_acc_std"] == ""
+    assert float(row["best_epoch_mean"]) == pytest.approx(np.mean(best_epochs))
+    assert float(row["seconds_per_epoch_mean"]) == pytest.approx(np.mean(seconds))
+    assert row["params"] == runs[0].data.params["model_params"]
+
+
+def test_bulk_fetch_equals_one_call_per_run_and_metric(study, tracking, monkeypatch):
+    """Chunks of 3 runs, replies cut at 7 points: the 4-epoch histories come back whole anyway."""
+    _, ids = study
+    run_ids = [i for v in ids.values() for i in v]
+    client = MlflowClient()
+    monkeypatch.setattr(compare_module, "BULK_MAX_RUNS", 3)
+    monkeypatch.setattr(compare_module, "BULK_MAX_POINTS", 7)
+    fetched = fetch_histories(client, run_ids)
+    assert set(fetched) == set(run_ids)
+    for run_id in run_ids:
+        for key in HISTORY_KEYS:
+            history = client.get_metric_history(run_id, key)
+            assert fetched[run_id][key].epochs.tolist() == [m.step for m in history]
+            assert fetched[run_id][key].values.tolist() == [m.value for m in history]
+    # The path for stores without the endpoint (sqlite, files) reads the same.
+    assert compare_module._history_each_run(client, "test_acc", run_ids[:2]) == [
+        (i, m.step, m.value) for i in run_ids[:2] for m in client.get_metric_history(i, "test_acc")
+    ]
+
+
+def test_unfinished_runs_count_only_when_asked_and_compare_runs_never(study, tracking, tmp_path):
+    experiment, ids = study
+    before = len(compare_runs(experiment))
+    result = compare("--experiment", experiment, "--output-dir", str(tmp_path / "a"))
+    assert "compared 7 runs in 4 configurations" in result.output
+    result = compare("--experiment", experiment, "--include-unfinished",
+                     "--output-dir", str(tmp_path / "b"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "compared 8 runs in 5 configurations" in result.output  # + the failed sigmoid run
+    [sigmoid] = [r for r in read_table(tmp_path / "b") if r["activation"] == "sigmoid"]
+    assert sigmoid["run_ids"] == ids["failed"][0]
+    assert len(compare_runs(experiment)) == before + 2
+
+
+def test_filter_and_sweep_narrow_the_selection(tracking, tmp_path):
+    in_sweep = [log_synthetic_run(tracking, activation=a, tags={"sweep_id": "s1"})
+                for a in ("relu", "gelu")]  # fmt: skip
+    log_synthetic_run(tracking, activation="sigmoid")
+    result = compare("--experiment", tracking, "--sweep", "s1", "--output-dir", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    assert sorted(r["run_ids"] for r in read_table(tmp_path / "s")) == sorted(in_sweep)
+
+    result = compare("--experiment", tracking, "--filter", "params.activation != 'relu'",
+                     "--output-dir", str(tmp_path / "f"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(r["activation"] for r in read_table(tmp_path / "f")) == ["gelu", "sigmoid"]
+    report = (tmp_path / "f" / "report.md").read_text()
+    assert "No two configurations differ only in the model." in report
+
+
+def test_a_second_report_replaces_the_first_without_stale_figures(tracking, tmp_path):
+    first = log_synthetic_run(tracking)
+    out = tmp_path / "report"
+    assert compare("--experiment", tracking, "--output-dir", str(out)).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    second = log_synthetic_run(tracking, activation="gelu")
+    assert compare("--experiment", tracking, "--filter", f"attributes.run_id = '{second}'",
+                   "--output-dir", str(out)).exit_code == 0  # fmt: skip
+    assert [p.name.split("__")[1][:12] for p in (out / "runs").iterdir()] == [second[:12]]
+    assert first not in (out / "table.csv").read_text()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--experiment", "no-such-experiment"], ["'no-such-experiment' does not exist"]),
+        (["--filter", "params.lr >>> 1"], ["--filter 'params.lr >>> 1'", "refused"]),
+        (["--filter", "params.activation = 'swish'"], ["no finished training runs", "swish"]),
+        (["--sweep", "nope"], ["no finished training runs", "--sweep 'nope'"]),
+    ],
+)
+def test_bad_selections_fail_in_one_line_and_leave_nothing(args, fragments, study, tracking,
+                                                           tmp_path):  # fmt: skip
+    experiment, _ = study
+    before = len(compare_runs(experiment))
+    if args[0] != "--experiment":
+        args = ["--experiment", experiment, *args]
+    result = compare(*args, "--output-dir", str(tmp_path / "report"))
+    assert_one_line_error(result, fragments)
+    assert list(tmp_path.iterdir()) == []
+    assert len(compare_runs(experiment)) == before
+
+
+def test_unreachable_server_fails_fast_in_one_line(tracking, tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking_module, "REACHABLE_WITHIN_SECONDS", 1.0)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    result = compare("--experiment", tracking, "--output-dir", str(tmp_path / "report"))
+    assert_one_line_error(result, ["tracking server", "unreachable"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def assert_one_line_error(result, fragments: list[str]) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# --- the MLproject entry point ------------------------------------------------------------------
+
+
+def test_mlproject_compare_parameters_match_the_command_options():
+    spec = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]["compare"]
+    options = {p.name: p for p in command.params if p.name != "help"}
+    assert set(spec["parameters"]) == {"filter" if n == "filter_string" else n for n in options}
+    for name, param in spec["parameters"].items():
+        option = options["filter_string" if name == "filter" else name]
+        assert option.type.convert(str(param["default"]), option, None) == option.default, name
+        assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], name
+    assert spec["command"].startswith("python -m entrypoints.compare ")
+
+
+@pytest.mark.slow
+def test_mlflow_run_compare_logs_the_report_to_its_own_run(tracking, mlflow_server, tmp_path):
+    for activation in ("relu", "gelu"):
+        log_synthetic_run(tracking, activation=activation)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri,
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    env.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment() exported it; mlflow run picks its own
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local",
+         "-e", "compare", "--experiment-name", tracking, "-P", f"experiment={tracking}",
+         "-P", "filter=params.epochs = '4'", "-P", f"output_dir={out}"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = compare_runs(tracking)
+    assert run.data.tags["mlflow.project.entryPoint"] == "compare"
+    assert run.info.status == "FINISHED" and run.data.params["include_unfinished"] == "false"
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"report.md", "table.csv", "comparisons", "runs"} <= artifacts
+    assert len(read_table(out)) == 2

@@ -126,31 +126,30 @@ def test_choose_best_run_explains_why_nothing_qualifies(tracking):
 class Study:
     experiment: str
     ghost_runs: list[str]
-    resnet_run: str
     data_dir: Path
 
 
 @pytest.fixture(scope="module")
 def study(mlflow_server, image_folder):
-    """Two real Ghost runs and one real ResNet run, plus a failed Ghost run that would win on
-    its metric: ~30 s of CPU."""
+    """Two real Ghost runs, and a failed Ghost run that would win on its metric: ~20 s of CPU.
+    (Other model families and unfinished runs are left to the cheaper tests above.)"""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
         for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             mp.delenv(name, raising=False)
         mlflow.set_tracking_uri(mlflow_server.uri)
         experiment = f"export-{uuid.uuid4().hex[:8]}"
-        trainings = [("ghost_resnet18", "0.05"), ("ghost_resnet18", "0.01"), ("resnet18", "0.05")]
         run_ids = []
-        for model, lr in trainings:
-            args = tiny_train_args(image_folder, experiment, "--model", model, "--lr", lr, "--epochs", "1")
+        for lr in ("0.05", "0.01"):
+            args = tiny_train_args(image_folder, experiment, "--model", "ghost_resnet18", "--lr", lr,
+                                   "--epochs", "1")  # fmt: skip
             result = CliRunner().invoke(cli, args, catch_exceptions=False)
             assert result.exit_code == 0, result.output
             run_ids.append(re.search(r"run ([0-9a-f]{32}) finished", result.output).group(1))
         exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
         make_run(exp_id, "ghost_resnet18", "FAILED", {"best_test_acc": 1.0}, failure_reason="diverged")
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set by mlflow.set_experiment in train
-        yield Study(experiment, run_ids[:2], run_ids[2], image_folder)
+        yield Study(experiment, run_ids, image_folder)
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ def test_export_registers_the_best_finished_ghost_run(study, exported):
     ghost = [client.get_run(r) for r in study.ghost_runs]
     best_value = max(r.data.metrics["best_test_acc"] for r in ghost)
     champion = client.get_run(exported.version.run_id)
-    assert exported.version.run_id in study.ghost_runs  # not the failed run, not the ResNet
+    assert exported.version.run_id in study.ghost_runs  # not the failed run
     assert champion.data.metrics["best_test_acc"] == best_value
     assert exported.version.tags["source_run_id"] == champion.info.run_id
     assert exported.version.tags["metric"] == "best_test_acc"
@@ -332,10 +331,10 @@ def test_predict_prints_top_classes_of_any_image(exported, photos, tmp_path):
     result = invoke("predict", "--model-uri", f"models:/{exported.name}@champion", "--top", "2",
                     *map(str, photos))  # fmt: skip
     assert result.exit_code == 0, result.output
-    predictions = parse_predictions(result.output)
+    predictions = parse_predictions(result.stdout)  # stderr may hold a download progress bar
     assert list(predictions) == [p.name for p in photos]
     for ranked in predictions.values():
-        assert len(ranked) == 2 and 1 >= ranked[0][1] >= ranked[1][1] > 0
+        assert len(ranked) == 2 and 1 >= ranked[0][1] >= ranked[1][1] >= 0
         assert ranked[0][0] in CLASSES
     tops = [ranked[0][0] for ranked in predictions.values()]
     assert tops == onnx_top_class(exported, photos, tmp_path)
@@ -394,7 +393,7 @@ def test_served_champion_answers_a_rest_request_with_the_right_classes(
 ):
     body = invoke("predict", "--print-request", *map(str, photos))
     assert body.exit_code == 0, body.output
-    response = requests.post(f"{model_server}/invocations", data=body.output,
+    response = requests.post(f"{model_server}/invocations", data=body.stdout,
                              headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
     assert response.ok, response.text
     logits = np.asarray(response.json()["predictions"])
@@ -404,7 +403,7 @@ def test_served_champion_answers_a_rest_request_with_the_right_classes(
     served = invoke("predict", "--server", model_server, *map(str, photos))
     local = invoke("predict", "--model-uri", f"models:/{exported.name}@champion", *map(str, photos))
     assert served.exit_code == 0 and local.exit_code == 0, served.output + local.output
-    assert served.output == local.output
+    assert served.stdout == local.stdout
 
 
 # --- the MLproject entry point mirrors the command --------------------------------------------

@@ -1,0 +1,326 @@
+"""`cifar-mlflow sweep`: the plan as pure functions and dry runs, then real sweeps of tiny runs
+against the real tracking server, locally and on a local Ray instance."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import mlflow
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from cifar_mlflow.cli import cli
+from cifar_mlflow.config import DEFAULTS, TrainConfig
+from cifar_mlflow.grid import DEFAULT_AXES, config_key, expand
+from cifar_mlflow.sweep import command as sweep_command
+from cifar_mlflow.sweep_executors import Launch, launch
+from cifar_mlflow.sweep_runs import CONFIG_TAG, child_args
+from entrypoints.sweep import given
+
+from .conftest import PROJECT_ROOT, free_port
+
+STUDY = {
+    ("resnet18", "sigmoid", "sgd"), ("resnet18", "relu", "sgd"), ("resnet18", "leaky_relu", "sgd"),
+    ("resnet18", "gelu", "sgd"), ("resnet18", "relu", "momentum"), ("resnet18", "relu", "adam"),
+    ("ghost_resnet18", "relu", "sgd"),
+}  # fmt: skip
+TINY = ("--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-system-metrics")
+
+
+def sweep(*args: str):
+    return CliRunner().invoke(cli, ["sweep", *args], catch_exceptions=False)
+
+
+def factors(config: TrainConfig) -> tuple[str, str, str]:
+    return config.model, config.activation, config.optimizer
+
+
+# ---- the plan ----
+
+
+def test_the_default_grid_is_the_study_seven_configurations():
+    configs = expand(DEFAULTS, DEFAULT_AXES, (0,))
+    assert len(configs) == 7
+    assert {factors(c) for c in configs} == STUDY
+
+
+def test_seeds_multiply_the_grid_seed_by_seed():
+    configs = expand(DEFAULTS, DEFAULT_AXES, (0, 1, 2))
+    assert len(configs) == 21
+    # All of seed 0 first: a sweep stopped half-way holds whole studies.
+    assert [c.seed for c in configs] == [0] * 7 + [1] * 7 + [2] * 7
+    assert len({config_key(c) for c in configs}) == 21
+
+
+def test_config_key_names_what_a_run_learns_not_where_it_is_filed():
+    base = TrainConfig(epochs=1)
+    assert config_key(base) == config_key(
+        TrainConfig(epochs=1, experiment="x", system_metrics=False)
+    )
+    assert config_key(base) != config_key(TrainConfig(epochs=1, seed=1))
+    assert config_key(base) != config_key(TrainConfig(epochs=1, lr=0.1))
+
+
+def test_child_args_rebuild_exactly_the_config():
+    config = TrainConfig(
+        model="ghost_resnet18", activation="gelu", optimizer="adam", lr=3e-4, epochs=2,
+        compile=True, system_metrics=False, data_dir="some dir",
+    )  # fmt: skip
+    train = cli.get_command(click.Context(cli), "train")
+    parsed = train.make_context("train", list(child_args(config))).params
+    parsed.pop("resume")
+    assert TrainConfig(**parsed) == config
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(tracking):
+    result = sweep("--dry-run", "--experiment", tracking, "--sweep-id", "plan", "--epochs", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        f"sweep plan: 7 configurations (7 to train) in experiment '{tracking}'"
+    )
+    planned = [line.split()[1] for line in lines if line.startswith("  run ")]
+    assert sorted(planned) == sorted(f"{m}-{a}-{o}-s0" for m, a, o in STUDY)
+    assert lines[-1] == "dry run: nothing was started"
+    assert MlflowClient().get_experiment_by_name(tracking) is None
+
+
+def test_repeated_options_are_a_product_grid_and_seeds_multiply_it(tracking):
+    result = sweep(
+        "--dry-run", "--experiment", tracking, "--optimizer", "sgd", "--optimizer", "adam",
+        "--lr", "0.1", "--lr", "0.01", "--model", "ghost_resnet18", "--seeds", "2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "8 configurations" in result.stdout
+    assert "optimizer=sgd,adam x lr=0.1,0.01" in result.stdout
+    planned = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("  run ")]
+    assert all(name.startswith("ghost_resnet18-relu-") for name in planned)
+    assert sorted({name[-2:] for name in planned}) == ["s0", "s1"]
+
+
+def write_grid(path: Path, document: object) -> str:
+    path.write_text(yaml.safe_dump(document) if not isinstance(document, str) else document)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ({"grid": {"activation": ["relu", "swish"]}},
+         "grid[0].activation[1]: 'swish' is not one of 'relu', 'leaky_relu', 'gelu', 'sigmoid'"),
+        ({"grid": {"learning_rate": [0.1]}}, "'learning_rate' is not a train option"),
+        ({"base": {"epochs": 0}, "grid": {"lr": [0.1]}}, "base.epochs: 0 is not in the range x>=1"),
+        ({"grid": [{"lr": []}]}, "grid[0].lr: no values"),
+        ({"grid": {"lr": [0.1]}, "sedes": 2}, "unknown key 'sedes'"),
+        ({"base": {"epochs": 1}}, "no 'grid' key"),
+        ({"grid": {"experiment": ["a", "b"]}}, "the experiment is one per sweep"),
+        ({"grid": {"seed": [0, 1]}, "seeds": 2}, "give the seeds once"),
+        ("grid: [unclosed", "not valid YAML at line 1"),
+    ],
+)  # fmt: skip
+def test_a_bad_grid_file_names_the_bad_key_or_value(tmp_path, document, message):
+    grid = write_grid(tmp_path / "grid.yaml", document)
+    result = sweep("--grid", grid, "--dry-run")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: grid file {grid}: ")
+    assert message in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_grid_file_and_repeated_options_are_refused_together(tmp_path):
+    grid = write_grid(tmp_path / "grid.yaml", {"grid": {"lr": [0.1]}})
+    result = sweep("--grid", grid, "--activation", "relu", "--activation", "gelu", "--dry-run")
+    assert result.exit_code == 2
+    assert "--activation is repeated and --grid is given" in result.stderr
+
+
+def test_the_example_grid_file_is_the_default_study(tracking):
+    result = sweep(
+        "--dry-run", "--experiment", tracking, "--grid", str(PROJECT_ROOT / "grids/study.yaml")
+    )
+    assert result.exit_code == 0, result.output
+    assert "7 configurations" in result.stdout
+
+
+def test_an_unreachable_tracking_server_fails_fast(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    result = sweep("--dry-run")
+    assert result.exit_code == 1
+    assert "is unreachable" in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
+    assert time.monotonic() - start < 30
+
+
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason='Ray is an extra: pip install -e ".[ray]"'
+)
+
+
+@needs_ray
+def test_an_unreachable_ray_cluster_fails_fast_and_leaves_no_run(tracking, image_folder):
+    start = time.monotonic()
+    result = sweep("--experiment", tracking, "--data-dir", str(image_folder), *TINY,
+                   "--executor", "ray", "--ray-address", f"127.0.0.1:{free_port()}")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: Ray cluster 127.0.0.1:")
+    assert "is unreachable" in result.stderr
+    assert time.monotonic() - start < 30
+    assert MlflowClient().get_experiment_by_name(tracking) is None
+
+
+def test_the_mlproject_sweep_entry_point_passes_every_parameter_as_a_sweep_option():
+    spec = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]["sweep"]
+    options = {o[2:].replace("-", "_") for p in sweep_command.params for o in p.opts}
+    assert set(spec["parameters"]) <= options
+    assert set(spec["parameters"]) >= {
+        "grid",
+        "seeds",
+        "sweep_id",
+        "executor",
+        "epochs",
+        "data_dir",
+    }
+    for name, param in spec["parameters"].items():
+        assert param["default"] == "", name
+        assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], name
+    # What the entry point hands on: parameters left at "" are not given at all.
+    assert given(["--grid", "", "--epochs", "1", "--dry-run", "true", "--seeds", ""]) == [
+        "--epochs", "1", "--dry-run"]  # fmt: skip
+    assert given(["--dry-run", "false"]) == []
+
+
+def test_a_child_that_dies_before_its_run_starts_leaves_it_failed_with_its_error(
+    tracking, mlflow_server
+):
+    client = MlflowClient()
+    experiment_id = client.create_experiment(tracking)
+    run_id = client.create_run(experiment_id).info.run_id
+    client.update_run(run_id, status="SCHEDULED")
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_RUN_ID": run_id}
+    spec = Launch(0, "broken", run_id, ("--epochs", "none"), env, os.getcwd())
+    epochs = []
+    outcome = launch(spec, lambda *a: epochs.append(a))
+    assert outcome.status == "FAILED" and outcome.run_id == run_id and not epochs
+    assert "'none' is not a valid integer" in outcome.reason
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == outcome.reason
+    output = client.download_artifacts(run_id, "sweep/train-output.txt")
+    assert "error: train: Invalid value for '--epochs'" in Path(output).read_text()
+
+
+# ---- real sweeps ----
+
+
+def sweep_runs(
+    experiment: str, sweep_id: str
+) -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.sweep_id = '{sweep_id}'",
+        output_format="list",
+    )
+    [parent] = [r for r in runs if r.data.tags.get("job") == "sweep"]
+    children = [r for r in runs if CONFIG_TAG in r.data.tags]
+    return parent, children
+
+
+def failing_grid(tmp_path: Path, good: Path, late: Path, **base) -> str:
+    """Two configurations; the second reads `late`, which holds no images yet, so it fails."""
+    return write_grid(tmp_path / "grid.yaml", {
+        "base": base,
+        "grid": [{"data_dir": [str(good)]}, {"data_dir": [str(late)], "activation": ["gelu"]}],
+    })  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_sweep_nests_its_runs_retries_the_failed_one_and_then_runs_nothing(
+    tracking, image_folder, tmp_path
+):
+    late = tmp_path / "late"
+    (late / "train").mkdir(parents=True)
+    grid = failing_grid(tmp_path, image_folder, late)
+    args = ("--grid", grid, "--experiment", tracking, "--sweep-id", "s1", *TINY,
+            "--output-dir", str(tmp_path / "report"))  # fmt: skip
+
+    first = sweep(*args)
+    assert first.exit_code == 1
+    assert (
+        "error: 1 of 2 configurations did not finish: run the same command with --sweep-id s1"
+        in first.stderr
+    )
+    assert "resnet18-gelu-sgd-s0  failed" in first.stderr and "no class folders" in first.stderr
+    parent, children = sweep_runs(tracking, "s1")
+    assert parent.info.status == "FAILED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    by_name = {c.info.run_name: c for c in children}
+    assert by_name["resnet18-relu-sgd-s0"].info.status == "FINISHED"
+    failed = by_name["resnet18-gelu-sgd-s0"]
+    assert (
+        failed.info.status == "FAILED" and "no class folders" in failed.data.tags["failure_reason"]
+    )
+    assert (tmp_path / "report" / "report.md").exists()  # the report of what did finish
+
+    shutil.rmtree(late)
+    shutil.copytree(image_folder, late)
+    second = sweep(*args)
+    assert second.exit_code == 0, second.output
+    assert "  skip   resnet18-relu-sgd-s0" in second.stdout
+    assert f"  rerun  resnet18-gelu-sgd-s0  FAILED in run {failed.info.run_id}" in second.stdout
+    assert "resnet18-gelu-sgd-s0  running epoch 1/1" in second.stderr
+    parent_again, children = sweep_runs(tracking, "s1")
+    assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
+    assert "failure_reason" not in parent_again.data.tags
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    retried = MlflowClient().get_run(failed.info.run_id)  # the same run, now finished
+    assert retried.info.status == "FINISHED" and "failure_reason" not in retried.data.tags
+    assert retried.data.params["activation"] == "gelu" and "best_test_acc" in retried.data.metrics
+    artifacts = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
+    assert {"report.md", "table.csv"} <= artifacts
+    assert parent_again.data.params["sweep.configurations"] == "2"
+    assert parent_again.data.metrics["runs"] == 2
+
+    third = sweep(*args)
+    assert third.exit_code == 0, third.output
+    assert "nothing to train" in third.stdout
+    assert len(mlflow.search_runs(experiment_names=[tracking], output_format="list")) == 3
+
+    compared = CliRunner().invoke(cli, ["compare", "--experiment", tracking, "--sweep", "s1",
+                                        "--output-dir", str(tmp_path / "compare")])  # fmt: skip
+    assert compared.exit_code == 0, compared.output
+    assert "compared 2 runs in 2 configurations" in compared.stdout
+
+
+@pytest.mark.slow
+@needs_ray
+def test_ray_trials_log_to_the_server_and_a_failed_one_does_not_stop_the_others(
+    tracking, mlflow_server, image_folder, tmp_path
+):
+    late = tmp_path / "late"
+    (late / "train").mkdir(parents=True)
+    grid = failing_grid(tmp_path, image_folder, late)
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar_mlflow", "sweep", "--grid", grid, "--experiment", tracking,
+         "--sweep-id", "r1", *TINY, "--executor", "ray", "--parallel", "1",
+         "--output-dir", str(tmp_path / "report")],
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}, capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "1 of 2 configurations did not finish" in result.stderr, result.stderr[-3000:]
+    parent, children = sweep_runs(tracking, "r1")
+    by_name = {c.info.run_name: c for c in children}
+    assert by_name["resnet18-relu-sgd-s0"].info.status == "FINISHED"
+    assert by_name["resnet18-gelu-sgd-s0"].info.status == "FAILED"
+    assert "no class folders" in by_name["resnet18-gelu-sgd-s0"].data.tags["failure_reason"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert "resnet18-relu-sgd-s0  running epoch 1/1" in result.stderr  # progress came back from Ray
+    assert "report.md" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
