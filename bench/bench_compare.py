@@ -44,7 +44,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow import charts, compare, study, tracking
+from cifar_mlflow import charts, compare, report, study, tracking
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.files import atomic_write
 from tests.conftest import MlflowServer
@@ -53,6 +53,7 @@ from tests.test_compare import MODEL_PARAMS, fabricated_history
 EPOCHS = 40
 TARGET_SECONDS = 10.0
 REPEATS = 3
+PHASES = ("search", "fetch", "draw_and_write", "log_artifacts")
 
 
 def study_grid() -> list[dict]:
@@ -165,6 +166,20 @@ def draw_comparisons(records, folder: Path) -> int:
     return count
 
 
+def phases(client: MlflowClient, experiment: str, workdir: Path) -> dict[str, dict]:
+    """run_compare's steps one by one, to see where its time goes."""
+    timings = {}
+    timings["search"], runs = timed(
+        lambda: compare.select_runs(client, experiment, "", None, False)
+    )
+    timings["fetch"], records = timed(lambda: compare.load_records(runs, client))
+    folder = Path(tempfile.mkdtemp(dir=workdir))
+    timings["draw_and_write"], _ = timed(lambda: report.write_report(records, folder, "bench"))
+    with compare.compare_run(experiment):
+        timings["log_artifacts"], _ = timed(lambda: mlflow.log_artifacts(str(folder)))
+    return timings
+
+
 def cli_seconds(uri: str, experiment: str, output_dir: Path) -> float:
     started = time.perf_counter()
     subprocess.run(
@@ -215,7 +230,8 @@ def measure(uri: str, workdir: Path) -> dict:
             REPEATS,
         )
         designs[name] = {"runs": len(records), "comparison_charts": count,
-                         "draw_comparisons": charts_time, "run_compare": whole}  # fmt: skip
+                         "draw_comparisons": charts_time, "run_compare": whole,
+                         "phases": phases(client, experiment, workdir)}  # fmt: skip
     results["designs"] = designs
     results["cli_factorial_wall"] = cli_seconds(uri, experiments["factorial"], workdir / "cli")
     results["target_seconds"] = TARGET_SECONDS
@@ -269,6 +285,11 @@ def write_docs(results: dict) -> None:
         "# compare benchmark", "", designs, "", machine, "",
         "| step | wall s | CPU s |", "|---|---|---|",
         *(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |" for name, t in rows), cli, "",
+        "`run_compare`'s steps, timed once each (wall s / CPU s):", "",
+        "| design | " + " | ".join(PHASES) + " |", "|---" * (len(PHASES) + 1) + "|",
+        *(f"| {name} | " + " | ".join(f"{d['phases'][p]['wall']:.2f} / {d['phases'][p]['cpu']:.2f}"
+                                      for p in PHASES) + " |"
+          for name, d in results["designs"].items()), "",
     ]  # fmt: skip
     with atomic_write(docs / "compare-benchmark.md") as f:
         f.write("\n".join(lines).encode())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -42,8 +43,9 @@ MARKERS_UP_TO = 10  # epochs: with few points a line needs markers (one epoch is
 # diverged, so the shared loss axis of the run figures stops at twice that.
 LOSS_AXIS_CAP = 2 * math.log(10)
 BAND_NOTE = "lines: mean over a configuration's runs (n in the legend); shading: their min to max"
-CURVES = (("test_acc", "test accuracy (%)", 100.0),
-          ("train_loss", "train loss (cross-entropy)", 1.0))  # fmt: skip
+# (metric, axis label, scale, highest value shown)
+CURVES = (("test_acc", "test accuracy (%)", 100.0, 100.0),
+          ("train_loss", "train loss (cross-entropy)", 1.0, LOSS_AXIS_CAP))  # fmt: skip
 BARS = (("model_params", "parameters", 1e-6, "{:.2f}M"),
         ("seconds_per_epoch", "mean seconds per epoch", 1.0, "{:.1f} s"),
         ("best_test_acc", "best test accuracy", 100.0, "{:.1f}%"))  # fmt: skip
@@ -76,16 +78,22 @@ def describe(config: Mapping[str, str], keys: Iterable[str]) -> str:
     return " · ".join(parts)
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
-
-
-def nice_limits(low: float, high: float) -> tuple[float, float]:
-    """The outermost of at most TICKS round tick values spanning [low, high]."""
+def nice_limits(low: float, high: float, ceiling: float = math.inf) -> tuple[float, float]:
+    """Axis limits for non-negative values in [low, high]: the outermost of at most TICKS round
+    tick values spanning them and a margin (so no marker sits on the frame), from 0 at the
+    lowest, and up to `ceiling` at the highest (values above it leave the chart)."""
+    high = min(high, ceiling)
     if not (math.isfinite(low) and math.isfinite(high)):
         return 0.0, 1.0
-    ticks = MaxNLocator(TICKS).tick_values(low, high)
-    return float(ticks[0]), float(ticks[-1])
+    margin = 0.04 * (high - low) or 0.05 * abs(high) or 1.0
+    ticks = MaxNLocator(TICKS).tick_values(low - margin, high + margin)
+    return max(float(ticks[0]), 0.0), min(float(ticks[-1]), ceiling)
+
+
+def slug(text: str, limit: int = 100) -> str:
+    """A file name for `text`; a long one is cut and keeps a hash of the whole."""
+    name = re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
+    return name if len(name) <= limit else f"{name[: limit - 9]}-{zlib.crc32(name.encode()):08x}"
 
 
 def epoch_limits(max_epoch: int) -> tuple[float, float]:
@@ -191,7 +199,7 @@ class ComparisonFigures:
                                    top=1 - 0.8 / height, bottom=0.85 / height, hspace=0.45,
                                    wspace=1.4)  # fmt: skip
         self.curve_axes = [figure.add_subplot(grid[0, :3]), figure.add_subplot(grid[0, 3:])]
-        for ax, (_, ylabel, _) in zip(self.curve_axes, CURVES):
+        for ax, (_, ylabel, _, _) in zip(self.curve_axes, CURVES):
             _curve_axes(ax, ylabel)
         self.bar_axes = []
         for i, (_, title, _, _) in enumerate(BARS if with_bars else ()):
@@ -232,7 +240,8 @@ class ComparisonFigures:
         for artist in (a for ax in axes for a in ax.get_children() if id(a) not in before):
             artist.remove()
 
-    def _curves(self, ax, comparison: Comparison, key: str, _: str, scale: float) -> None:
+    def _curves(self, ax, comparison: Comparison, key: str, _: str, scale: float,
+                ceiling: float) -> None:  # fmt: skip
         low, high, last_epoch = math.inf, -math.inf, 1
         for configuration in comparison.configurations:
             band = seed_band([r.curve(key) for r in configuration.runs])
@@ -246,7 +255,7 @@ class ComparisonFigures:
                 ax.vlines(band.epochs, band.low * scale, band.high * scale, color=colour)
             low, high = min(low, np.nanmin(band.low)), max(high, np.nanmax(band.high))
             last_epoch = max(last_epoch, int(band.epochs[-1]))
-        ax.set_ylim(*nice_limits(low * scale, high * scale))
+        ax.set_ylim(*nice_limits(low * scale, high * scale, ceiling))
         ax.set_xlim(*epoch_limits(last_epoch))
 
     def _bars(self, ax, comparison: Comparison, stat: str, _: str, scale: float,
@@ -285,7 +294,7 @@ class RunFigures:
         axes = dict(zip(("loss", "acc"), figure.subplots(1, 2)))
         _curve_axes(axes["loss"], "loss (cross-entropy)")
         _curve_axes(axes["acc"], "accuracy (%)")
-        axes["loss"].set_ylim(0, nice_limits(0, min(max(finite), LOSS_AXIS_CAP))[1])
+        axes["loss"].set_ylim(*nice_limits(0, max(finite), LOSS_AXIS_CAP))
         axes["acc"].set_ylim(0, 100)
         self.lines = {}
         for kind, ax in axes.items():

@@ -26,9 +26,10 @@ from .models import build_model, count_parameters
 
 EVAL_BATCH_SIZE = 1024
 # Reading the summed loss syncs host and device, so the training loop looks for a NaN or an
-# infinity only every this many steps (and at the end of the epoch). Measured on CPU: no
-# difference in step time (CPU ops are synchronous anyway); on a GPU it is one pipeline drain per
-# 20 steps instead of none.
+# infinity only every this many steps (and at the end of the epoch). Measured on CPU
+# (ghost_resnet18, batch 8, 4 interleaved rounds, noise ~20%): checking after every step
+# 1197 ms/step, never 1312 ms/step: no cost. On a GPU each check drains the queue once, hence
+# every 20 steps rather than every step.
 DIVERGENCE_CHECK_STEPS = 20
 
 

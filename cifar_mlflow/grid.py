@@ -26,7 +26,7 @@ from .config import DEFAULTS, TrainConfig
 from .errors import UserError
 from .study import CONFIG_KEYS
 
-# The study of the paper, around the base config (resnet18, relu, sgd unless changed): 4 + 3 + 2
+# The project's study, around the base config (resnet18, relu, sgd unless changed): 4 + 3 + 2
 # configurations, of which the base itself is in all three groups, so 7 distinct ones.
 DEFAULT_AXES: tuple[Mapping[str, tuple], ...] = (
     {"activation": ("sigmoid", "relu", "leaky_relu", "gelu")},
@@ -41,7 +41,7 @@ IDENTITY_KEYS = (*CONFIG_KEYS, "seed")
 
 
 class GridError(UserError):
-    """A grid file or grid that cannot be expanded; the message names the bad key or value."""
+    """A grid that cannot be expanded; the message names the bad key or value."""
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ class Outbox:
                 if failures == 0:
                     _log.warning(
                         "tracking server unreachable (%s); training goes on, its results are "
-                        "kept and sent when the server is back", type(e).__name__
+                        "kept and sent when the server is back",
+                        type(e).__name__,
                     )
                 failures += 1
                 with self._lock:
@@ -148,7 +149,10 @@ class Outbox:
             artifact = f"{self._slot}/{checkpoint.path.name}"
             self.client.log_batch(
                 self.run_id,
-                tags=[RunTag(CHECKPOINT_TAG, artifact), RunTag(CHECKPOINT_EPOCH_TAG, str(checkpoint.epoch))],
+                tags=[
+                    RunTag(CHECKPOINT_TAG, artifact),
+                    RunTag(CHECKPOINT_EPOCH_TAG, str(checkpoint.epoch)),
+                ],
             )
             self._slot = SLOTS[1] if self._slot == SLOTS[0] else SLOTS[0]
             with self._lock:

@@ -49,7 +49,7 @@ def local_logits(model_uri: str, images: np.ndarray) -> np.ndarray:
     try:
         model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except (MlflowException, OSError) as e:
-        message = getattr(e, "message", str(e)).splitlines()[0]
+        message = getattr(e, "message", str(e)).splitlines()[0].rstrip(".")
         raise PredictError(
             f"cannot load model {model_uri}: {message}; list registered models and aliases in "
             "the MLflow UI, or run `cifar-mlflow export` to register a champion"
@@ -74,7 +74,9 @@ def served_logits(server: str, images: np.ndarray) -> np.ndarray:
     return np.asarray(response.json()["predictions"], dtype=np.float32)
 
 
-def top_classes(logits: np.ndarray, classes: tuple[str, ...], k: int) -> list[list[tuple[str, float]]]:
+def top_classes(
+    logits: np.ndarray, classes: tuple[str, ...], k: int
+) -> list[list[tuple[str, float]]]:
     """For each image, its k most probable classes with their softmax probabilities."""
     if logits.ndim != 2 or logits.shape[1] != len(classes):
         raise PredictError(

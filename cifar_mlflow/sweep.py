@@ -28,7 +28,7 @@ from . import tracking
 from .cli import train as train_command
 from .config import TrainConfig
 from .errors import UserError
-from .grid import Grid, build_base, expand, load_grid_file, resolve_seeds
+from .grid import SWEEP_WIDE, Grid, build_base, expand, load_grid_file, resolve_seeds
 from .sweep_executors import (
     Launch,
     Outcome,
@@ -53,7 +53,6 @@ from .sweep_runs import (
 )
 
 SWEEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-ONE_PER_SWEEP = ("experiment",)
 DEFAULT_OUTPUT_ROOT = "outputs/sweeps"
 
 
@@ -81,7 +80,7 @@ def train_options() -> dict[str, click.Option]:
 
 
 def _sweep_option(option: click.Option) -> click.Option:
-    repeatable = option.name not in ONE_PER_SWEEP
+    repeatable = option.name not in SWEEP_WIDE
     help_text = option.help or ""
     if repeatable:
         help_text += (
@@ -111,7 +110,7 @@ def requested_grid(
     that replaces the default study; `--seeds N` gives N seeds from the base seed on."""
     once = {k: v[0] for k, v in options.items() if isinstance(v, tuple) and len(v) == 1}
     repeated = {k: v for k, v in options.items() if isinstance(v, tuple) and len(v) > 1}
-    once.update({k: v for k, v in options.items() if k in ONE_PER_SWEEP})
+    once.update({k: v for k, v in options.items() if k in SWEEP_WIDE})
     if options["no_system_metrics"]:
         once["system_metrics"] = False
     seeds_given = ctx.get_parameter_source("seeds") is ParameterSource.COMMANDLINE

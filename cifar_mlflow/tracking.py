@@ -138,8 +138,11 @@ def training_run(config: TrainConfig, run_id: str | None = None) -> Iterator[mlf
         mlflow.set_experiment(experiment_id=get_run(run_id).info.experiment_id)
         run = mlflow.start_run(run_id=run_id)
     else:
-        mlflow.set_experiment(config.experiment)
-        run = mlflow.start_run(run_name=config.run_name)
+        # The experiment id is passed on because set_experiment() does not make the experiment
+        # active when another process created it a moment before (MLflow 3.17 returns early on
+        # RESOURCE_ALREADY_EXISTS): the run then went to experiment 0 (tests/test_concurrency.py).
+        experiment = mlflow.set_experiment(config.experiment)
+        run = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=config.run_name)
     try:
         yield run
     except KeyboardInterrupt as e:
@@ -167,7 +170,8 @@ def _end_unfinished(status: int, error: BaseException) -> None:
         try:
             mlflow.end_run(RunStatus.to_string(status))  # leaves the active run even if it raises
         except Exception as e:
-            _log.warning("could not mark the run %s (%s)", RunStatus.to_string(status), type(e).__name__)
+            status_name = RunStatus.to_string(status)
+            _log.warning("could not mark the run %s (%s)", status_name, type(e).__name__)
 
 
 def failure_reason(error: BaseException) -> str:

@@ -97,7 +97,9 @@ def run_training(
         device = resolve_device(config.device)
         tracking.connect()
         run_id = _run_to_continue(resume)
-        state = _saved_state(run_id, resume is not None, config, device, workdir) if run_id else None
+        state = (
+            _saved_state(run_id, resume is not None, config, device, workdir) if run_id else None
+        )
         data = load_cifar10(
             config.data_dir, config.train_limit, config.test_limit, config.val_size, config.seed
         )

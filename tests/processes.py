@@ -3,16 +3,20 @@ it, and read what reached the tracking server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG
+
+from .conftest import MlflowServer
 
 # Small enough for a loaded 2-core machine, large enough that an epoch has several steps.
 SMALL_RUN = ("--train-limit", "48", "--test-limit", "20")
@@ -52,7 +56,9 @@ class TrainingProcess:
                     return match
             if self.process.poll() is not None:
                 self._reader.join(5)
-                raise AssertionError(f"exited {self.process.returncode} before {pattern!r}:\n{self.stderr}")
+                raise AssertionError(
+                    f"exited {self.process.returncode} before {pattern!r}:\n{self.stderr}"
+                )
             time.sleep(0.1)
         raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.stderr}")
 
@@ -87,3 +93,13 @@ def history(run_id: str, key: str) -> list[tuple[int, float]]:
 
 def steps(run_id: str, key: str) -> list[int]:
     return [step for step, _ in history(run_id, key)]
+
+
+@contextlib.contextmanager
+def serving(server: MlflowServer) -> Iterator[MlflowServer]:
+    """A server of a test's own: ready (waiting longer than conftest's default), then stopped."""
+    try:
+        server.wait_ready(SERVER_START_SECONDS)
+        yield server
+    finally:
+        server.stop()

@@ -83,7 +83,9 @@ def test_damaged_torchvision_batch_file_is_named(damage, tmp_path):
 def test_missing_torchvision_batch_file_is_named_with_the_expected_layout(tmp_path):
     root = write_torchvision_files(tmp_path / "tv")
     (root / "cifar-10-batches-py" / "data_batch_5").unlink()
-    with pytest.raises(DataError, match="missing CIFAR-10 batch file .*data_batch_5: expected cifar-10-batches-py/"):
+    with pytest.raises(
+        DataError, match="missing CIFAR-10 batch file .*data_batch_5: expected cifar-10-batches-py/"
+    ):
         load_cifar10(root)
 
 

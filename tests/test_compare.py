@@ -25,6 +25,7 @@ from PIL import Image
 
 from cifar_mlflow import compare as compare_module
 from cifar_mlflow import tracking as tracking_module
+from cifar_mlflow.charts import factor_colours, nice_limits
 from cifar_mlflow.cli import cli
 from cifar_mlflow.compare import HISTORY_KEYS, command, fetch_histories
 from cifar_mlflow.config import TrainConfig
@@ -178,6 +179,23 @@ def test_table_rows_are_mean_and_sample_std_over_seeds():
     assert relu["seconds_per_epoch_mean"] == pytest.approx(10.5)
     assert relu["epochs"] == "3" and gelu["epochs"] == "2"  # epochs is a table column anyway
     assert gelu["best_test_acc_std"] is None and gelu["best_epoch_mean"] == 1
+
+
+def test_axis_limits_are_round_with_a_margin_and_stop_at_the_ceiling():
+    assert nice_limits(0.805, 1.85) == pytest.approx((0.6, 2.0))  # 0.8 would cut the marker
+    assert nice_limits(91.0, 99.5, ceiling=100) == (90.0, 100)  # no 105 % tick
+    assert nice_limits(0.1, 3e7, ceiling=4.6) == (0.0, 4.6)  # a diverged loss leaves the chart
+
+
+def test_factor_values_keep_their_colour_whatever_the_selection():
+    some = group_configurations([record("a", activation="gelu")])
+    more = group_configurations(
+        [record("b"), record("c", activation="gelu"), record("d", model="x")]
+    )
+    assert factor_colours(some)["activation"]["gelu"] == factor_colours(more)["activation"]["gelu"]
+    assert factor_colours(more)["model"]["x"] not in {
+        factor_colours(more)["model"][m] for m in ("resnet18", "ghost_resnet18")
+    }
 
 
 # --- real runs on the real server ---------------------------------------------------------------

@@ -38,6 +38,11 @@ def test_four_concurrent_runs_lose_no_metric_and_no_artifact(image_folder, track
         assert len(run.data.params) >= 25 and run.data.tags[CHECKPOINT_EPOCH_TAG] == "2"
         saved = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
         assert saved == {"checkpoint/model_state.pt"}
-        assert {a.path for a in client.list_artifacts(run_id, "resume")} == {"resume/slot-0", "resume/slot-1"}
-        model = mlflow.artifacts.download_artifacts(run.data.tags["model_uri"], dst_path=str(tmp_path / run_id))
+        assert {a.path for a in client.list_artifacts(run_id, "resume")} == {
+            "resume/slot-0",
+            "resume/slot-1",
+        }
+        model = mlflow.artifacts.download_artifacts(
+            run.data.tags["model_uri"], dst_path=str(tmp_path / run_id)
+        )
         assert (tmp_path / run_id / "MLmodel").exists(), model

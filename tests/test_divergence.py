@@ -17,7 +17,9 @@ from .processes import SMALL_RUN
 BATCH_SIZE = 2  # 48 images: 24 steps, so the in-loop check (every 20 steps) fires before the end
 
 
-def test_nan_loss_stops_the_run_within_the_epoch_and_marks_it_failed(image_folder, tracking, tmp_path):
+def test_nan_loss_stops_the_run_within_the_epoch_and_marks_it_failed(
+    image_folder, tracking, tmp_path
+):
     result = CliRunner().invoke(
         cli,
         tiny_train_args(image_folder, tracking, *SMALL_RUN, "--epochs", "40", "--lr", "1e30",
@@ -25,7 +27,9 @@ def test_nan_loss_stops_the_run_within_the_epoch_and_marks_it_failed(image_folde
     )  # fmt: skip
     assert result.exit_code == 1, result.output
     images = DIVERGENCE_CHECK_STEPS * BATCH_SIZE
-    expected = f"training diverged: the loss became nan in epoch 1 (within its first {images} images)"
+    expected = (
+        f"training diverged: the loss became nan in epoch 1 (within its first {images} images)"
+    )
     assert f"error: {expected}" in result.output
 
     [run] = mlflow.search_runs(experiment_names=[tracking], output_format="list")

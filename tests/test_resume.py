@@ -22,8 +22,15 @@ from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG, RESUMED_TA
 from cifar_mlflow.tracking import FAILURE_TAG
 
 from .conftest import tiny_train_args
-from .processes import DETERMINISTIC_KEYS, PER_EPOCH_KEYS, SMALL_RUN, TrainingProcess, history
-from .processes import steps, wait_for_checkpoint
+from .processes import (
+    DETERMINISTIC_KEYS,
+    PER_EPOCH_KEYS,
+    SMALL_RUN,
+    TrainingProcess,
+    history,
+    steps,
+    wait_for_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +44,9 @@ def train(*args: str):
 
 
 def final_weights(run_id: str) -> dict[str, torch.Tensor]:
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint/model_state.pt")
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="checkpoint/model_state.pt"
+    )
     return torch.load(path, weights_only=True)
 
 
@@ -93,21 +102,30 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
     assert MlflowClient().get_run(run_id).data.tags[RESUMED_TAG] == "1"
 
 
-def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(tracking, uninterrupted, tmp_path):
+def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
+    tracking, uninterrupted, tmp_path
+):
     """A process can die after its checkpoint reached the server and before its metrics did.
     Here the server is left in that state by hand: epoch 2's checkpoint (the reference run's own
     file), epoch 1's metrics only. Resuming logs epoch 2 from the checkpoint and trains epoch 3."""
     client = MlflowClient()
     reference = client.get_run(uninterrupted)
     previous_slot = next(s for s in SLOTS if not reference.data.tags[CHECKPOINT_TAG].startswith(s))
-    saved = client.download_artifacts(uninterrupted, f"{previous_slot}/checkpoint.pt", str(tmp_path))
+    saved = client.download_artifacts(
+        uninterrupted, f"{previous_slot}/checkpoint.pt", str(tmp_path)
+    )
     assert checkpoint.load(saved)["epoch"] == 2
 
     run = client.create_run(mlflow.set_experiment(tracking).experiment_id)
     run_id = run.info.run_id
     client.log_batch(
         run_id,
-        metrics=[Metric(k, v, 0, 1) for k in PER_EPOCH_KEYS for step, v in history(uninterrupted, k) if step == 1],
+        metrics=[
+            Metric(k, v, 0, 1)
+            for k in PER_EPOCH_KEYS
+            for step, v in history(uninterrupted, k)
+            if step == 1
+        ],
         params=[mlflow.entities.Param(k, v) for k, v in reference.data.params.items()],
     )
     client.log_artifact(run_id, saved, SLOTS[0])

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow.cli import cli
 
 from .conftest import PROJECT_ROOT, MlflowServer, tiny_train_args
-from .processes import SERVER_START_SECONDS, SMALL_RUN
+from .processes import SMALL_RUN, serving
 
 ADMIN = "admin"
 PASSWORD = f"pw-{uuid.uuid4().hex}"  # unique: any occurrence anywhere is a leak
@@ -37,11 +37,8 @@ def auth_server(tmp_path_factory):
         env.setenv("MLFLOW_AUTH_CONFIG_PATH", str(config))
         env.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", uuid.uuid4().hex)
         server = MlflowServer(root, ("--app-name", "basic-auth"))
-    try:
-        server.wait_ready(SERVER_START_SECONDS)
+    with serving(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -57,7 +54,9 @@ def auth_tracking(auth_server, monkeypatch):
 
 def train(data_dir, experiment):
     started = time.monotonic()
-    result = CliRunner().invoke(cli, tiny_train_args(data_dir, experiment, "--epochs", "1", *SMALL_RUN))
+    result = CliRunner().invoke(
+        cli, tiny_train_args(data_dir, experiment, "--epochs", "1", *SMALL_RUN)
+    )
     return result, time.monotonic() - started
 
 
@@ -75,7 +74,9 @@ def test_valid_credentials_train_and_the_password_is_recorded_nowhere(
     recorded = [*run.data.params.items(), *run.data.tags.items(), *run.data.metrics]
     assert not [item for item in recorded if PASSWORD in str(item)]
     MlflowClient().download_artifacts(run.info.run_id, "", str(tmp_path / "run"))
-    mlflow.artifacts.download_artifacts(run.data.tags["model_uri"], dst_path=str(tmp_path / "model"))
+    mlflow.artifacts.download_artifacts(
+        run.data.tags["model_uri"], dst_path=str(tmp_path / "model")
+    )
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {"MLmodel", "model_state.pt", "checkpoint.pt"} <= {p.name for p in files}
     assert not [p for p in files if PASSWORD.encode() in p.read_bytes()]
@@ -84,10 +85,17 @@ def test_valid_credentials_train_and_the_password_is_recorded_nowhere(
 @pytest.mark.parametrize(
     "credentials, message",
     [
-        ({}, "requires credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
-        ({"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": "wrong-" + PASSWORD},
-         f"rejected the credentials of user '{ADMIN}' (HTTP 401): check MLFLOW_TRACKING_USERNAME "
-         "and MLFLOW_TRACKING_PASSWORD"),
+        (
+            {},
+            "requires credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+        ),
+        (
+            {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": "wrong-" + PASSWORD},
+            (
+                f"rejected the credentials of user '{ADMIN}' (HTTP 401): check "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ),
+        ),
     ],
     ids=["none", "wrong"],
 )

@@ -214,7 +214,7 @@ def test_a_child_that_dies_before_its_run_starts_leaves_it_failed_with_its_error
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == outcome.reason
     output = client.download_artifacts(run_id, "sweep/train-output.txt")
-    assert "error: train: Invalid value for '--epochs'" in Path(output).read_text()
+    assert "Invalid value for '--epochs'" in Path(output).read_text()
 
 
 # ---- real sweeps ----
@@ -323,4 +323,34 @@ def test_ray_trials_log_to_the_server_and_a_failed_one_does_not_stop_the_others(
     assert "no class folders" in by_name["resnet18-gelu-sgd-s0"].data.tags["failure_reason"]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert "resnet18-relu-sgd-s0  running epoch 1/1" in result.stderr  # progress came back from Ray
+    assert "report.md" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
+
+
+@pytest.mark.slow
+def test_mlflow_run_sweep_makes_its_run_the_parent(tracking, mlflow_server, image_folder, tmp_path):
+    grid = write_grid(tmp_path / "grid.yaml", {"grid": {"activation": ["gelu"]}})
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        # `python` in the entry point's command: this interpreter, with the project installed.
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    }
+    params = {"grid": grid, "sweep_id": "mp", "data_dir": str(image_folder), "epochs": "1",
+              "batch_size": "16", "device": "cpu", "system_metrics": "false",
+              "output_dir": str(tmp_path / "report")}  # fmt: skip
+    command = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "sweep",
+               "--env-manager", "local", "--experiment-name", tracking]  # fmt: skip
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    parent, [child] = sweep_runs(tracking, "mp")
+    assert parent.data.tags["mlflow.project.entryPoint"] == "sweep"  # the run `mlflow run` made
+    assert (
+        parent.info.status == "FINISHED" and parent.data.params["sweep.grid"] == "activation=gelu"
+    )
+    assert child.info.status == "FINISHED" and child.data.params["activation"] == "gelu"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.params["epochs"] == "1"
     assert "report.md" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}

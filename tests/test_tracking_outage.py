@@ -13,8 +13,15 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG
 
 from .conftest import MlflowServer, tiny_train_args
-from .processes import PER_EPOCH_KEYS, SERVER_START_SECONDS, SMALL_RUN, TrainingProcess, steps
-from .processes import wait_for_checkpoint
+from .processes import (
+    PER_EPOCH_KEYS,
+    SERVER_START_SECONDS,
+    SMALL_RUN,
+    TrainingProcess,
+    serving,
+    steps,
+    wait_for_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +42,10 @@ def start_again(server: MlflowServer) -> None:
 @pytest.fixture
 def own_server(tmp_path, monkeypatch):
     """A server of this test's own, to stop and restart; the test process talks to it too."""
-    server = MlflowServer(tmp_path)
-    try:
-        server.wait_ready(SERVER_START_SECONDS)
+    with serving(MlflowServer(tmp_path)) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         mlflow.set_tracking_uri(server.uri)
         yield server
-    finally:
-        server.stop()
 
 
 def test_server_stopped_mid_run_then_restarted_loses_and_doubles_nothing(own_server, image_folder):
