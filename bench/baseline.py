@@ -35,18 +35,23 @@ class PilCifar(Dataset):
 
 
 def train_loader(split: Split, batch_size: int, workers: int, seed: int) -> DataLoader:
-    augment = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ])  # fmt: skip
+    augment = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
-        PilCifar(split, augment), batch_size=batch_size, shuffle=True, num_workers=workers,
+        PilCifar(split, augment),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
         generator=generator,
-    )  # fmt: skip
+    )
 
 
 def test_loader(split: Split, batch_size: int, workers: int) -> DataLoader:

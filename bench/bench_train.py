@@ -1,9 +1,9 @@
 """Benchmark training: the engine against PyTorch's usual recipe, same process, same model.
 
-    .venv/bin/python bench/bench_train.py                        # throughput, CPU: a few minutes
-    python bench/bench_train.py --device cuda --workers 4        # on a GPU; torch + torchvision only
-    .venv/bin/python bench/bench_train.py --accuracy             # engine vs plain path, short real run
-    python bench/bench_train.py --device cuda --recipe           # the study's recipe, end to end
+    .venv/bin/python bench/bench_train.py                  # throughput, CPU: a few minutes
+    python bench/bench_train.py --device cuda --workers 4  # on a GPU; torch + torchvision only
+    .venv/bin/python bench/bench_train.py --accuracy       # engine vs plain path, short real run
+    python bench/bench_train.py --device cuda --recipe     # the study's recipe, end to end
 
 Throughput (the default) measures training images per second, for each model, of
   engine        the project's Trainer: the split on the device as uint8, batched crop/flip/
@@ -42,10 +42,23 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench import baseline, report  # noqa: E402
-from bench.timing import Variant, environment, interleaved, paired_ratio, summary  # noqa: E402
+from bench.timing import (  # noqa: E402
+    Variant,
+    environment,
+    interleaved,
+    paired_ratio,
+    per_batch_seconds,
+    summary,
+)
+from cifar_mlflow.batches import DeviceBatches  # noqa: E402
 from cifar_mlflow.config import DEFAULTS, TrainConfig  # noqa: E402
 from cifar_mlflow.data import Cifar10, load_cifar10  # noqa: E402
-from cifar_mlflow.engine import Trainer, build_optimizer, forward_flops, resolve_device  # noqa: E402
+from cifar_mlflow.engine import (  # noqa: E402
+    Trainer,
+    build_optimizer,
+    forward_flops,
+    resolve_device,
+)
 from cifar_mlflow.errors import UserError  # noqa: E402
 from cifar_mlflow.models import MODELS  # noqa: E402
 
@@ -53,6 +66,7 @@ DATA_DIR = "/work/shared/data/cifar10-jpeg"
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 ACCURACY_TRAIN, ACCURACY_TEST = 2000, 1000
+PIPELINE_BATCHES = 30
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,10 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    p.add_argument("--workers", help="baseline DataLoader workers, comma-separated "
-                   "(default: 4 on CUDA; 0,2 on a 2-core CPU)")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        help="baseline DataLoader workers, comma-separated "
+        "(default: 4 on CUDA; 0,2 on a 2-core CPU)",
+    )
     p.add_argument("--steps", type=int, help="batches per timed block (default: 1 CPU, 50 CUDA)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default: 3 CPU, 5 CUDA)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default: 4 CPU, 6 CUDA)")
     p.add_argument("--warmup", type=int, default=1, help="untimed blocks per variant first")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--compile", action="store_true", help="the engine trains through torch.compile")
@@ -95,14 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     default_workers = "4" if on_gpu else f"0,{min(4, cores)}"
     args.workers = [int(w) for w in (args.workers or default_workers).split(",")]
     args.steps = args.steps or (50 if on_gpu else 1)
-    args.rounds = args.rounds or (5 if on_gpu else 3)
+    args.rounds = args.rounds or (6 if on_gpu else 4)  # a whole Williams cycle of 3 / 4 variants
     if args.recipe:
         mode, result = "recipe", recipe(args, device)
     elif args.accuracy:
         mode, result = "accuracy", accuracy_check(args, device)
     else:
         mode, result = "throughput", throughput(args, device)
-    path = args.results / f"{mode}-{device.type}.json"
+    path = args.results / f"{report.results_name(mode, device.type, args.compile)}.json"
     report.write_json(path, result)
     report.write_doc(args.doc, args.results)
     print(report.render(result))
@@ -111,14 +128,23 @@ def main(argv: list[str] | None = None) -> None:
 
 def load(args: argparse.Namespace, train_limit: int = 0, test_limit: int = 0) -> Cifar10:
     """The images, limited by --train-limit/--test-limit, else by the mode's own limits."""
-    return load_cifar10(args.data_dir, args.train_limit or train_limit, args.test_limit or test_limit)
+    return load_cifar10(
+        args.data_dir, args.train_limit or train_limit, args.test_limit or test_limit
+    )
 
 
-def config_for(args: argparse.Namespace, model: str, device: torch.device, **changes) -> TrainConfig:
+def config_for(
+    args: argparse.Namespace, model: str, device: torch.device, **changes
+) -> TrainConfig:
     return TrainConfig(
-        model=model, batch_size=args.batch_size, device=device.type, precision=args.precision,
-        compile=args.compile, data_dir=args.data_dir, **changes,
-    )  # fmt: skip
+        model=model,
+        batch_size=args.batch_size,
+        device=device.type,
+        precision=args.precision,
+        compile=args.compile,
+        data_dir=args.data_dir,
+        **changes,
+    )
 
 
 # --- throughput ----------------------------------------------------------------------------
@@ -149,11 +175,17 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict:
         "mode": "throughput",
         "environment": environment(device),
         "settings": {
-            "batch_size": args.batch_size, "steps_per_block": args.steps, "rounds": args.rounds,
-            "warmup_blocks": args.warmup, "workers": args.workers, "compile": args.compile,
+            "batch_size": args.batch_size,
+            "steps_per_block": args.steps,
+            "rounds": args.rounds,
+            "warmup_blocks": args.warmup,
+            "workers": args.workers,
+            "compile": args.compile,
             "torch_threads": torch.get_num_threads(),
-            "train_images": len(data.train), "data": data.source,
-        },  # fmt: skip
+            "train_images": len(data.train),
+            "data": data.source,
+        },
+        "input_pipeline_ms": input_pipeline_ms(args, data, device),
         "models": {},
     }
     for name in args.models:
@@ -164,9 +196,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict:
         result["models"][name] = {
             "model_flops": forward_flops(trainer.model, device),
             "precision": trainer.precision,
-            "images_per_second": {
-                c: {k: summary(v[c]) for k, v in rates.items()} for c in clocks
-            },
+            "images_per_second": {c: {k: summary(v[c]) for k, v in rates.items()} for c in clocks},
             "engine_over": {
                 c: {k: paired_ratio(engine[c], v[c]) for k, v in rates.items() if k != "engine"}
                 for c in clocks
@@ -177,6 +207,25 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict:
     result["seconds"] = time.perf_counter() - started
     result["targets"] = report.throughput_targets(result)
     return result
+
+
+def input_pipeline_ms(args: argparse.Namespace, data: Cifar10, device: torch.device) -> dict:
+    """Milliseconds to make one training batch without training on it (median of
+    PIPELINE_BATCHES): the engine's, and the baseline's with its transforms in this process.
+    Steadier than the training blocks, and the whole of what the engine adds to the pure step."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(0)
+    streams = {
+        "engine": DeviceBatches(data.train, args.batch_size, device, True, generator),
+        "baseline_w0": baseline.train_loader(data.train, args.batch_size, 0, seed=0),
+    }
+    costs = {}
+    for name, batches in streams.items():
+        stream = endless(batches)
+        next(stream)  # the first also shuffles and allocates
+        seconds = per_batch_seconds(stream, PIPELINE_BATCHES, device)
+        costs[name] = {clock: statistics.median(v) * 1000 for clock, v in seconds.items()}
+    return costs
 
 
 def throughput_variants(args, name: str, device: torch.device, data: Cifar10):
@@ -234,8 +283,9 @@ def accuracy_check(args: argparse.Namespace, device: torch.device) -> dict:
     workers = max(args.workers)
     runs = []
     for seed in args.seeds:
-        config = config_for(args, args.models[0], device, optimizer="momentum", epochs=epochs,
-                            seed=seed)  # fmt: skip
+        config = config_for(
+            args, args.models[0], device, optimizer="momentum", epochs=epochs, seed=seed
+        )
         trainer = Trainer(config, data, device)
         plain_model = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
         started = time.perf_counter()
@@ -249,24 +299,40 @@ def accuracy_check(args: argparse.Namespace, device: torch.device) -> dict:
         plain = []
         for _ in range(epochs):
             loss = baseline.train_epoch(plain_model, optimizer, train, device)
-            plain.append({"train_loss": loss, "test_acc": baseline.accuracy(plain_model, test, device)})
-        runs.append({
-            "seed": seed,
-            "engine": {"test_acc": [m.test_acc for m in engine_history],
-                       "train_loss": [m.train_loss for m in engine_history],
-                       "seconds": engine_seconds, "precision": trainer.precision},
-            "plain": {"test_acc": [m["test_acc"] for m in plain],
-                      "train_loss": [m["train_loss"] for m in plain],
-                      "seconds": time.perf_counter() - started, "precision": "fp32"},
-        })  # fmt: skip
+            plain.append(
+                {"train_loss": loss, "test_acc": baseline.accuracy(plain_model, test, device)}
+            )
+        runs.append(
+            {
+                "seed": seed,
+                "engine": {
+                    "test_acc": [m.test_acc for m in engine_history],
+                    "train_loss": [m.train_loss for m in engine_history],
+                    "seconds": engine_seconds,
+                    "precision": trainer.precision,
+                },
+                "plain": {
+                    "test_acc": [m["test_acc"] for m in plain],
+                    "train_loss": [m["train_loss"] for m in plain],
+                    "seconds": time.perf_counter() - started,
+                    "precision": "fp32",
+                },
+            }
+        )
     return {
         "mode": "accuracy",
         "environment": environment(device),
         "settings": {
-            "model": args.models[0], "optimizer": "momentum", "lr": DEFAULTS.lr,
-            "epochs": epochs, "batch_size": args.batch_size, "train_images": len(data.train),
-            "test_images": len(data.test), "plain_workers": workers, "data": data.source,
-        },  # fmt: skip
+            "model": args.models[0],
+            "optimizer": "momentum",
+            "lr": DEFAULTS.lr,
+            "epochs": epochs,
+            "batch_size": args.batch_size,
+            "train_images": len(data.train),
+            "test_images": len(data.test),
+            "plain_workers": workers,
+            "data": data.source,
+        },
         "runs": runs,
     }
 
@@ -302,9 +368,14 @@ def recipe(args: argparse.Namespace, device: torch.device) -> dict:
     result = {
         "mode": "recipe",
         "environment": environment(device),
-        "settings": {"batch_size": args.batch_size, "compile": args.compile,
-                     "train_images": len(data.train), "test_images": len(data.test),
-                     "load_seconds": load_seconds, "data": data.source},  # fmt: skip
+        "settings": {
+            "batch_size": args.batch_size,
+            "compile": args.compile,
+            "train_images": len(data.train),
+            "test_images": len(data.test),
+            "load_seconds": load_seconds,
+            "data": data.source,
+        },
         "models": models,
     }
     result["targets"] = report.recipe_targets(result)

@@ -28,8 +28,13 @@ GPU_GHOST_OVER_RESNET_EPOCH = 0.8
 
 def target(name: str, value: float, threshold: float, at_least: bool) -> dict:
     holds = value >= threshold if at_least else value <= threshold
-    return {"target": name, "value": value, "threshold": threshold,
-            "at_least": at_least, "holds": holds}  # fmt: skip
+    return {
+        "target": name,
+        "value": value,
+        "threshold": threshold,
+        "at_least": at_least,
+        "holds": holds,
+    }
 
 
 def throughput_targets(result: dict) -> list[dict]:
@@ -57,11 +62,19 @@ def recipe_targets(result: dict) -> list[dict]:
     resnet, ghost = result["models"]["resnet18"], result["models"]["ghost_resnet18"]
     per_epoch = "median_epoch_seconds_after_first"
     return [
-        target("resnet18: 40 epochs end to end, seconds", resnet["end_to_end_seconds"],
-               GPU_RECIPE_SECONDS, False),
-        target("ghost_resnet18 / resnet18: seconds per epoch", ghost[per_epoch] / resnet[per_epoch],
-               GPU_GHOST_OVER_RESNET_EPOCH, False),
-    ]  # fmt: skip
+        target(
+            "resnet18: 40 epochs end to end, seconds",
+            resnet["end_to_end_seconds"],
+            GPU_RECIPE_SECONDS,
+            False,
+        ),
+        target(
+            "ghost_resnet18 / resnet18: seconds per epoch",
+            ghost[per_epoch] / resnet[per_epoch],
+            GPU_GHOST_OVER_RESNET_EPOCH,
+            False,
+        ),
+    ]
 
 
 def write_json(path: Path, result: dict) -> None:
@@ -69,17 +82,21 @@ def write_json(path: Path, result: dict) -> None:
         f.write(json.dumps(result, indent=2).encode())
 
 
+def results_name(mode: str, device: str, compiled: bool) -> str:
+    """bench/results/<name>.json: one file per mode, device and compilation, the latest run."""
+    return f"{mode}-{device}" + ("-compile" if compiled else "")
+
+
 def write_doc(doc: Path, results: Path) -> None:
-    found = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
-    sections = []
-    for device in ("cpu", "cuda"):
-        for mode in ORDER:
-            if f"{mode}-{device}" in found:
-                sections.append(render(found[f"{mode}-{device}"]))
-    if not any(key.endswith("-cuda") for key in found):
-        sections.append("### GPU\n\nPending: no GPU has been lent to this project's benchmark yet. "
-                        "Run `python bench/bench_train.py --device cuda --workers 4`, then "
-                        "`--recipe` and `--accuracy`, on the GPU machine.")  # fmt: skip
+    found = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    found.sort(key=lambda r: (r["environment"]["device"] == "cuda", ORDER.index(r["mode"])))
+    sections = [render(result) for result in found]
+    if not any(r["environment"]["device"] == "cuda" for r in found):
+        sections.append(
+            "### GPU\n\nPending: no GPU has been lent to this project's benchmark yet. "
+            "Run `python bench/bench_train.py --device cuda --workers 4`, then "
+            "`--recipe` and `--accuracy`, on the GPU machine."
+        )
     generated = "\n\n".join([BEGIN, *sections, END])
     text = doc.read_text() if doc.exists() else f"# Training benchmarks\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
@@ -97,13 +114,16 @@ def _heading(title: str, env: dict) -> str:
     versions = f"torch {env['torch']}, torchvision {env['torchvision']}, Python {env['python']}"
     if env["device"] == "cuda":
         versions += f", CUDA {env['cuda']}, cuDNN {env['cudnn']}"
-    return (
-        f"### {title}: {env['device']} ({env['device_name']}, {env['cpu_count']} CPUs), "
-        f"{env['date']}\n\n{versions}. 1-minute load average {env['load_average_1min']:.1f}"
-        + (f" at the start, {env['load_average_1min_end']:.1f} at the end"
-           if "load_average_1min_end" in env else "")  # fmt: skip
-        + "."
-    )
+    load = f"1-minute load average {env['load_average_1min']:.1f}"
+    if "load_average_1min_end" in env:
+        load += f" at the start, {env['load_average_1min_end']:.1f} at the end"
+    machine = f"{env['device']} ({env['device_name']}, {env['cpu_count']} CPUs)"
+    return f"### {title}: {machine}, {env['date']}\n\n{versions}. {load}."
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = [header, ["---"] * len(header), *rows]
+    return ["| " + " | ".join(cells) + " |" for cells in lines]
 
 
 def _throughput(result: dict) -> str:
@@ -111,33 +131,51 @@ def _throughput(result: dict) -> str:
     lines = [
         _heading("Throughput", result["environment"]),
         "",
-        f"Batch {s['batch_size']}, {s['train_images']} training images, {s['torch_threads']} "
-        f"torch thread(s); blocks of {s['steps_per_block']} step(s), {s['rounds']} interleaved "
-        f"rounds after {s['warmup_blocks']} warm-up block(s) per variant; compile "
-        f"{s['compile']}; {result['seconds']:.0f} s in all. Images per second: median and range "
-        "over the rounds; engine ÷ variant: median (range) of the ratios within a round. "
-        "Wall clock is what a user waits; CPU time counts this process's threads only (not "
-        "DataLoader workers), and is steadier on a shared machine.",
+        (
+            f"Batch {s['batch_size']}, {s['train_images']} training images, "
+            f"{s['torch_threads']} torch thread(s); blocks of {s['steps_per_block']} step(s), "
+            f"{s['rounds']} interleaved rounds after {s['warmup_blocks']} warm-up block(s) per "
+            f"variant; compile {s['compile']}; {result['seconds']:.0f} s in all. Images per "
+            "second: median and range over the rounds; engine ÷ variant: median (range) of the "
+            "ratios within a round. Wall clock is what a user waits; CPU time counts this "
+            "process's threads only (not DataLoader workers), and is steadier on a shared machine."
+        ),
     ]
+    lines += ["", _pipeline(result)]
     for clock in next(iter(result["models"].values()))["images_per_second"]:
-        lines += [
-            "",
-            f"| model | forward GFLOPs / image | precision | variant | images/s, {CLOCKS[clock]} "
-            "| range | engine ÷ variant |",
-            "|---|---|---|---|---|---|---|",
-        ]
+        header = ["model", "forward GFLOPs / image", "precision", "variant",
+                  f"images/s, {CLOCKS[clock]}", "range", "engine ÷ variant"]  # fmt: skip
+        rows = []
         for name, model in result["models"].items():
             rates, ratios = model["images_per_second"][clock], model["engine_over"][clock]
             for i, (variant, rate) in enumerate(rates.items()):
-                cells = [name, f"{model['model_flops'] / 1e9:.3f}", model["precision"]]
-                cells = (cells if i == 0 else [""] * 3) + [
+                facts = [name, f"{model['model_flops'] / 1e9:.3f}", model["precision"]]
+                rows.append((facts if i == 0 else [""] * 3) + [
                     variant,
                     f"{rate['median']:.1f}",
                     f"{rate['min']:.1f} – {rate['max']:.1f}",
                     _ratio(ratios[variant]) if variant in ratios else "",
-                ]
-                lines.append("| " + " | ".join(cells) + " |")
+                ])  # fmt: skip
+        lines += ["", *_table(header, rows)]
     return "\n".join(lines + ["", _targets(result["targets"])])
+
+
+def _pipeline(result: dict) -> str:
+    """The input pipelines alone, beside one pure model step."""
+    batch = result["settings"]["batch_size"]
+    costs = result["input_pipeline_ms"]
+    made = "; ".join(
+        f"{name} {c['wall']:.1f} ms wall, {c['cpu']:.1f} ms CPU" for name, c in costs.items()
+    )
+    steps = "; ".join(
+        f"{name} {1000 * batch / m['images_per_second']['wall']['pure']['median']:.0f} ms"
+        for name, m in result["models"].items()
+    )
+    return (
+        f"Making one batch of {batch} without training on it (median of 30): {made} (the "
+        f"baseline's transforms run in this process here, as with num_workers=0). One pure model "
+        f"step, wall clock: {steps}."
+    )
 
 
 def _ratio(r: dict) -> str:
@@ -147,40 +185,39 @@ def _ratio(r: dict) -> str:
 def _targets(targets: list[dict]) -> str:
     if not targets:
         return "No targets apply on this device."
-    lines = ["| target | measured | needed | holds |", "|---|---|---|---|"]
-    for t in targets:
-        sign = "≥" if t["at_least"] else "≤"
-        holds = "yes" if t["holds"] else "**no**"
-        lines.append(f"| {t['target']} | {t['value']:.3f} | {sign} {t['threshold']} | {holds} |")
-    return "\n".join(lines)
+    rows = [
+        [t["target"], f"{t['value']:.3f}", f"{'≥' if t['at_least'] else '≤'} {t['threshold']}",
+         "yes" if t["holds"] else "**no**"]
+        for t in targets
+    ]  # fmt: skip
+    return "\n".join(_table(["target", "measured", "needed", "holds"], rows))
 
 
 def _accuracy(result: dict) -> str:
     s = result["settings"]
-    lines = [
-        _heading("Accuracy check", result["environment"]),
-        "",
-        f"{s['model']}, {s['optimizer']} SGD lr {s['lr']}, {s['epochs']} epochs, batch "
-        f"{s['batch_size']}, {s['train_images']} training and {s['test_images']} test images "
-        "(the first of each class); the engine and the plain path (the baseline's pipeline "
-        f"and loop, {s['plain_workers']} workers) start from the same weights.",
-        "",
-        "| seed | engine test acc by epoch | plain test acc by epoch | final difference | "
-        "engine s | plain s |",
-        "|---|---|---|---|---|---|",
-    ]
+    # Seconds stay in the JSON only: the two paths run one after the other, not interleaved,
+    # so on a shared machine their times compare the load more than the code.
+    header = ["seed", "engine test acc by epoch", "plain test acc by epoch", "final difference"]
+    rows = []
     for run in result["runs"]:
-        engine, plain = run["engine"], run["plain"]
-        diff = engine["test_acc"][-1] - plain["test_acc"][-1]
-        lines.append(
-            f"| {run['seed']} | {_accs(engine['test_acc'])} | {_accs(plain['test_acc'])} | "
-            f"{diff:+.3f} | {engine['seconds']:.0f} | {plain['seconds']:.0f} |"
+        engine, plain = run["engine"]["test_acc"], run["plain"]["test_acc"]
+        rows.append(
+            [str(run["seed"]), _accs(engine), _accs(plain), f"{engine[-1] - plain[-1]:+.3f}"]
         )
     p = statistics.mean([r["plain"]["test_acc"][-1] for r in result["runs"]])
     se = math.sqrt(2 * p * (1 - p) / s["test_images"])
-    lines += ["", f"Test sampling alone puts ±{se:.3f} (one standard error) on a difference of "
-              "two accuracies at this test size; training noise comes on top."]  # fmt: skip
-    return "\n".join(lines)
+    setup = (
+        f"{s['model']}, {s['optimizer']} SGD lr {s['lr']}, {s['epochs']} epochs, batch "
+        f"{s['batch_size']}, {s['train_images']} training and {s['test_images']} test images "
+        "(the first of each class); the engine and the plain path (the baseline's pipeline "
+        f"and loop, {s['plain_workers']} workers) start from the same weights."
+    )
+    noise = (
+        f"Test sampling alone puts ±{se:.3f} (one standard error) on a difference of two "
+        "accuracies at this test size; training noise comes on top."
+    )
+    heading = _heading("Accuracy check", result["environment"])
+    return "\n".join([heading, "", setup, "", *_table(header, rows), "", noise])
 
 
 def _accs(values: list[float]) -> str:
@@ -189,22 +226,21 @@ def _accs(values: list[float]) -> str:
 
 def _recipe(result: dict) -> str:
     s = result["settings"]
-    lines = [
-        _heading("Study recipe", result["environment"]),
-        "",
+    setup = (
         f"Batch {s['batch_size']}, {s['train_images']} training images, test evaluation of "
         f"{s['test_images']} images after every epoch; compile {s['compile']}; loading the "
-        f"decoded cache took {s['load_seconds']:.1f} s (counted in ResNet-18's end to end).",
-        "",
-        "| model | forward GFLOPs / image | precision | epochs | seconds | s / epoch (median "
-        "after the first) | train images/s | best test acc |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in result["models"].items():
-        seconds = m.get("end_to_end_seconds", m["seconds"])
-        lines.append(
-            f"| {name} | {m['model_flops'] / 1e9:.3f} | {m['precision']} | {m['epochs']} | "
-            f"{seconds:.1f} | {m['median_epoch_seconds_after_first']:.2f} | "
-            f"{m['images_per_second']:.0f} | {m['best_test_acc']:.3f} |"
-        )
-    return "\n".join(lines + ["", _targets(result["targets"])])
+        f"decoded cache took {s['load_seconds']:.1f} s (counted in ResNet-18's end to end)."
+    )
+    header = ["model", "forward GFLOPs / image", "precision", "epochs", "seconds",
+              "s / epoch (median after the first)", "train images/s", "best test acc"]  # fmt: skip
+    rows = [
+        [name, f"{m['model_flops'] / 1e9:.3f}", m["precision"], str(m["epochs"]),
+         f"{m.get('end_to_end_seconds', m['seconds']):.1f}",
+         f"{m['median_epoch_seconds_after_first']:.2f}", f"{m['images_per_second']:.0f}",
+         f"{m['best_test_acc']:.3f}"]
+        for name, m in result["models"].items()
+    ]  # fmt: skip
+    heading = _heading("Study recipe", result["environment"])
+    return "\n".join(
+        [heading, "", setup, "", *_table(header, rows), "", _targets(result["targets"])]
+    )

@@ -1,8 +1,9 @@
 """Interleaved timing for a shared, noisy machine, and the facts a figure needs beside it.
 
-Every variant runs one block per round, in an order rotated each round, so a slow spell (another
-process taking the cores, a GPU clock change) hits every variant alike; ratios are taken within a
-round, between blocks that ran minutes or less apart.
+Every variant runs one block per round, so a slow spell (another process taking the cores, a GPU
+clock change) hits every variant alike, and ratios are taken within a round. The orders form a
+Williams design: over a cycle of rounds each variant runs right after every other equally often,
+so what one leaves behind (DataLoader workers refilling their queue, a cold cache) falls on all.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -38,22 +39,48 @@ def interleaved(
     time ("wall") and per second of this process's CPU time, all its threads ("cpu").
 
     On a CPU shared with other work the CPU clock is the steadier of the two (measured on 2
-    cores at load 7: a ResNet-18 step took 6.6-13.1 s of wall time, 3.9-4.5 s of CPU time); it
-    leaves out DataLoader workers, which flatters the baseline."""
+    cores at load 7, ResNet-18, batch 32: a step took 6.6-13.1 s of wall time, 3.9-4.5 s of CPU
+    time); it leaves out DataLoader workers, which flatters the baseline."""
     for variant in variants:
         for _ in range(warmup):
             variant.run_block()
     synchronize(device)
     rates = {v.name: {"wall": [], "cpu": []} for v in variants}
+    orders = williams_orders(len(variants))
     for r in range(rounds):
-        shift = r % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
+        for variant in (variants[i] for i in orders[r % len(orders)]):
             wall, cpu = time.perf_counter(), time.process_time()
             images = variant.run_block()
             synchronize(device)
             rates[variant.name]["wall"].append(images / (time.perf_counter() - wall))
             rates[variant.name]["cpu"].append(images / (time.process_time() - cpu))
     return rates
+
+
+def williams_orders(n: int) -> list[list[int]]:
+    """Orders of n variants in which each follows every other equally often (Williams, 1949):
+    n orders for an even n, 2n for an odd one."""
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    orders = [[(v + shift) % n for v in first] for shift in range(n)]
+    return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
+
+
+def per_batch_seconds(batches: Iterator, count: int, device: torch.device) -> dict[str, list[float]]:
+    """Wall and CPU seconds to make each of `count` batches, without training on them."""
+    times: dict[str, list[float]] = {"wall": [], "cpu": []}
+    for _ in range(count):
+        wall, cpu = time.perf_counter(), time.process_time()
+        next(batches)
+        synchronize(device)
+        times["wall"].append(time.perf_counter() - wall)
+        times["cpu"].append(time.process_time() - cpu)
+    return times
 
 
 def summary(values: list[float]) -> dict[str, object]:

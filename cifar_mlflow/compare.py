@@ -1,9 +1,9 @@
 """`cifar-mlflow compare`: the tracked training runs of an experiment as the study's charts and table.
 
 Training runs are read from MLflow into study.RunRecords, grouped into configurations and
-comparisons (study.py), drawn (charts.py) and written up (report.py) in a temporary folder,
-logged as artifacts of the compare run, and only then moved into --output-dir: a failure leaves
-neither half a report nor a compare run marked FINISHED.
+comparisons (study.py), drawn (charts.py) and written up (report.py) in a temporary folder, each
+file logged to the compare run as soon as it is whole, and only then moved into --output-dir: a
+failure leaves no half report there, and the compare run marked FAILED, not FINISHED.
 
 Histories are fetched with MLflow's bulk endpoint: one HTTP call per metric for up to 100 runs
 instead of one per run and metric (measured in docs/compare-benchmark.md).
@@ -45,6 +45,7 @@ BULK_HISTORY_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 BULK_MAX_RUNS = 100
 BULK_MAX_POINTS = 25_000
 FETCH_THREADS = 4  # the calls are I/O-bound; measured: 4 threads vs 1 in docs/compare-benchmark.md
+UPLOAD_THREADS = 2
 
 
 class CompareError(UserError):
@@ -163,23 +164,29 @@ def load_records(runs: list[mlflow.entities.Run], client: MlflowClient) -> list[
 
 
 @contextlib.contextmanager
-def compare_run(experiment: str) -> Iterator[mlflow.ActiveRun]:
-    """The run `mlflow run -e compare` made (MLFLOW_RUN_ID), else a new one beside the compared
-    runs. Tagged job=compare (no `model` tag, so never compared itself); it ends FINISHED, or
-    FAILED / KILLED: never RUNNING."""
-    if os.environ.get("MLFLOW_RUN_ID"):
-        run = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
-    else:
-        mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name="compare")
-    try:
+def compare_run(experiment: str, params: dict[str, object]) -> Iterator[mlflow.ActiveRun]:
+    """The run `mlflow run -e compare` made, else a new one beside the compared runs, with
+    `params`. Tagged job=compare (no `model` tag, so never compared itself). Opened and ended as
+    tracking.training_run does its runs: FINISHED, or FAILED / KILLED with a failure_reason."""
+    run_id = tracking.launched_run_id()
+    if run_id:
+        mlflow.set_experiment(experiment_id=tracking.get_run(run_id).info.experiment_id)
+        run = mlflow.start_run(run_id=run_id)
         mlflow.set_tags(JOB_TAG)
+        # `mlflow run` has logged its parameters already, as typed ("false"): keep those.
+        logged = mlflow.get_run(run_id).data.params
+        params = {k: v for k, v in params.items() if k not in logged}
+    else:
+        found = mlflow.set_experiment(experiment)
+        run = mlflow.start_run(experiment_id=found.experiment_id, run_name="compare", tags=JOB_TAG)
+    try:
+        mlflow.log_params(params)
         yield run
-    except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+    except KeyboardInterrupt as e:
+        tracking._end_unfinished(RunStatus.KILLED, e)
         raise
-    except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as e:
+        tracking._end_unfinished(RunStatus.FAILED, e)
         raise
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
@@ -210,22 +217,37 @@ def run_compare(
     output = Path(output_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as tmp:
-        counts = report.write_report(records, Path(tmp), described)
         if into_run:
+            counts = _write_and_upload(records, Path(tmp), described, client, into_run)
             for key, value in counts.items():
                 client.log_metric(into_run, key, value)
-            client.log_artifacts(into_run, tmp)
             run_id = into_run
         else:
-            with compare_run(experiment) as run:
-                # `mlflow run` has logged its parameters already, as typed ("false"): keep those.
-                logged = mlflow.get_run(run.info.run_id).data.params
-                mlflow.log_params({k: v for k, v in selection.items() if k not in logged})
+            with compare_run(experiment, selection) as run:
+                counts = _write_and_upload(records, Path(tmp), described, client, run.info.run_id)
                 mlflow.log_metrics(counts)
-                mlflow.log_artifacts(tmp)
             run_id = run.info.run_id
         _replace_report(Path(tmp), output)
     return run_id, counts
+
+
+def _write_and_upload(
+    records: list[RunRecord], folder: Path, described: str, client: MlflowClient, run_id: str
+) -> dict[str, int]:
+    """Write the report into `folder`, each file logged to the run as soon as it is whole: the
+    uploads (server-bound) overlap the drawing (CPU-bound)."""
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        uploads = []
+
+        def upload(path: Path) -> None:
+            where = path.parent.relative_to(folder).as_posix()
+            artifact_path = None if where == "." else where
+            uploads.append(pool.submit(client.log_artifact, run_id, str(path), artifact_path))
+
+        counts = report.write_report(records, folder, described, upload)
+        for done in uploads:
+            done.result()  # an upload's error fails the compare run
+    return counts
 
 
 def _replace_report(new: Path, output: Path) -> None:

@@ -165,6 +165,9 @@ class Trainer:
         self.precision = resolve_precision(config.precision, device)
         seed_everything(config.seed)
         self.model = build_model(config.model, config.activation, len(data.classes))
+        # channels_last suits cuDNN's bf16 kernels, and oneDNN's on a CPU too (measured: 1 thread,
+        # batch 32, CPU seconds per step against the default format: ResNet-18 2.43 vs 2.54,
+        # Ghost-ResNet-18 1.27 vs 1.66).
         self.model.to(device, memory_format=torch.channels_last)
         self.num_parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(config, self.model.parameters())

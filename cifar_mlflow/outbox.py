@@ -164,7 +164,7 @@ class Outbox:
         for batch in metrics:
             self.client.log_batch(self.run_id, metrics=batch)
             with self._lock:
-                self._metrics.remove(batch)
+                self._metrics = [b for b in self._metrics if b is not batch]
                 self._lock.notify_all()
 
 

@@ -39,7 +39,10 @@ def test_nan_loss_stops_the_run_within_the_epoch_and_marks_it_failed(
     assert client.get_metric_history(run.info.run_id, "train_loss") == []
     assert "model_uri" not in run.data.tags
 
-    for command in (["compare", "--output-dir", str(tmp_path / "report")], ["export"]):
+    for command in (
+        ["compare", "--output-dir", str(tmp_path / "report")],
+        ["export", "--data-dir", str(image_folder)],
+    ):
         listed = CliRunner().invoke(cli, [*command, "--experiment", tracking])
         assert listed.exit_code == 1, listed.output
         assert "no finished" in listed.output.lower() and run.info.run_id not in listed.output

@@ -76,7 +76,9 @@ def test_crop_and_flip_equals_torchvision_for_every_offset_and_flip():
 
 def test_augmented_batches_are_normalised_torchvision_crops_of_their_source():
     split = random_split(40)
-    batches = DeviceBatches(split, 16, CPU, augment=True, generator=torch.Generator().manual_seed(0))
+    batches = DeviceBatches(
+        split, 16, CPU, augment=True, generator=torch.Generator().manual_seed(0)
+    )
     seen_offsets, seen_flips, labels = set(), set(), []
     for images, batch_labels in batches:
         assert images.dtype == torch.float32
@@ -84,9 +86,11 @@ def test_augmented_batches_are_normalised_torchvision_crops_of_their_source():
         for image, label in zip(unnormalise(images), batch_labels.tolist()):
             matches = [
                 (t, l, f)
-                for t in range(OFFSETS) for l in range(OFFSETS) for f in (False, True)
+                for t in range(OFFSETS)
+                for l in range(OFFSETS)
+                for f in (False, True)
                 if np.array_equal(image, reference(split.images[label], t, l, f))
-            ]  # fmt: skip
+            ]
             assert matches, f"image {label} is no crop of its source"
             seen_offsets.add(matches[0][:2])
             seen_flips.add(matches[0][2])
@@ -126,9 +130,13 @@ def test_same_seed_gives_identical_augmented_images():
 
 
 @pytest.mark.parametrize("augment", [False, True])
-@pytest.mark.parametrize(("n", "batch_size", "sizes"), [(10, 4, [4, 4, 2]), (8, 4, [4, 4]), (3, 8, [3])])
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"), [(10, 4, [4, 4, 2]), (8, 4, [4, 4]), (3, 8, [3])]
+)
 def test_batch_counts(n, batch_size, sizes, augment):
-    batches = DeviceBatches(random_split(n), batch_size, CPU, augment, torch.Generator().manual_seed(0))
+    batches = DeviceBatches(
+        random_split(n), batch_size, CPU, augment, torch.Generator().manual_seed(0)
+    )
     assert len(batches) == len(sizes) and batches.num_images == n
     assert [len(y) for _, y in batches] == sizes
 
@@ -138,7 +146,9 @@ def test_batch_counts(n, batch_size, sizes, augment):
 
 def tiny_data() -> Cifar10:
     train, test = (tiny_images(per_class, seed) for per_class, seed in ((3, 0), (2, 1)))
-    as_split = lambda pair: Split(np.ascontiguousarray(pair[0].transpose(0, 3, 1, 2)), pair[1])  # noqa: E731
+    def as_split(pair):  # tiny_images makes (N, 32, 32, 3); a Split holds (N, 3, 32, 32)
+        return Split(np.ascontiguousarray(pair[0].transpose(0, 3, 1, 2)), pair[1])
+
     return Cifar10(as_split(train), as_split(test), None, tuple(map(str, range(10))), "tiny")
 
 
@@ -202,12 +212,18 @@ def counted_by_hand(model: nn.Module) -> int:
     def count(module, inputs, output):
         nonlocal total
         if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            per_output = (
+                module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            )
             total += 2 * output.numel() * per_output
         else:
             total += 2 * module.in_features * module.out_features * output.shape[0]
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, 32, 32))
     for hook in hooks:
@@ -230,7 +246,10 @@ def test_forward_flops_per_image(name, gflops):
 @pytest.mark.parametrize("flag", ["--system-metrics=true", "--no-system-metrics"])
 def test_system_metrics_are_logged_unless_turned_off(flag, image_folder, tracking, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # default 10 s
-    args = [a for a in tiny_train_args(image_folder, tracking, "--epochs", "1") if a != "--no-system-metrics"]
+    args = tiny_train_args(
+        image_folder, tracking, "--epochs", "1", "--train-limit", "20", "--test-limit", "10"
+    )
+    args.remove("--no-system-metrics")
     result = CliRunner().invoke(cli, [*args, flag], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     (run,) = mlflow.search_runs(experiment_names=[tracking], output_format="list")
@@ -238,10 +257,25 @@ def test_system_metrics_are_logged_unless_turned_off(flag, image_folder, trackin
     if flag == "--no-system-metrics":
         assert system == set()
     else:
-        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+        assert {
+            "system/cpu_utilization_percentage",
+            "system/system_memory_usage_megabytes",
+        } <= system
 
 
 # --- the training benchmark -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_bench_orders_put_each_variant_after_every_other_equally_often(n):
+    from collections import Counter
+
+    from bench.timing import williams_orders
+
+    orders = williams_orders(n)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    follows = Counter((a, b) for order in orders for a, b in zip(order, order[1:]))
+    assert len(follows) == n * (n - 1) and len(set(follows.values())) == 1
 
 
 def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -253,39 +287,89 @@ def run_bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
         "runpy.run_path('bench/bench_train.py', run_name='__main__')"
     )
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
-        timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
 
 
 def test_bench_runs_without_mlflow_and_writes_its_table(image_folder, tmp_path):
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Kept title\n\n<!-- generated by bench/bench_train.py: begin -->\nstale figures\n"
-                   "<!-- generated by bench/bench_train.py: end -->\n\nKept notes.\n")  # fmt: skip
+    doc.write_text(
+        "# Kept title\n\n<!-- generated by bench/bench_train.py: begin -->\nstale figures\n"
+        "<!-- generated by bench/bench_train.py: end -->\n\nKept notes.\n"
+    )
     done = run_bench(
-        tmp_path, "--device", "cpu", "--data-dir", str(image_folder), "--models", "ghost_resnet18",
-        "--batch-size", "4", "--steps", "1", "--rounds", "1", "--workers", "0", "--threads", "1",
-        "--results", str(tmp_path / "results"), "--doc", str(doc),
-    )  # fmt: skip
+        tmp_path,
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(image_folder),
+        "--models",
+        "ghost_resnet18",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--results",
+        str(tmp_path / "results"),
+        "--doc",
+        str(doc),
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "results" / "throughput-cpu.json").read_text())
     model = result["models"]["ghost_resnet18"]
     assert set(model["images_per_second"]["wall"]) == {"engine", "pure", "baseline_w0"}
-    assert all(len(r["values"]) == 1 and r["median"] > 0 for r in model["images_per_second"]["cpu"].values())
+    assert all(
+        len(r["values"]) == 1 and r["median"] > 0
+        for r in model["images_per_second"]["cpu"].values()
+    )
     assert set(model["engine_over"]["wall"]) == {"pure", "baseline_w0"}
     assert model["model_flops"] == forward_flops(build_model("ghost_resnet18", "relu"), CPU)
+    assert all(c["wall"] > 0 and c["cpu"] > 0 for c in result["input_pipeline_ms"].values())
     assert {t["target"] for t in result["targets"]} >= {"ghost_resnet18: engine / pure, wall clock"}
     text = doc.read_text()
-    assert text.startswith("# Kept title") and text.endswith("Kept notes.\n") and "stale figures" not in text
+    assert (
+        text.startswith("# Kept title")
+        and text.endswith("Kept notes.\n")
+        and "stale figures" not in text
+    )
     assert "| ghost_resnet18 | 0.568 | fp32 | engine |" in text and "GPU\n\nPending" in text
 
 
 def test_bench_accuracy_mode_reports_both_paths(image_folder, tmp_path):
     done = run_bench(
-        tmp_path, "--accuracy", "--device", "cpu", "--data-dir", str(image_folder), "--models",
-        "ghost_resnet18", "--epochs", "1", "--batch-size", "16", "--workers", "0", "--threads", "1",
-        "--results", str(tmp_path), "--doc", str(tmp_path / "benchmarks.md"),
-    )  # fmt: skip
+        tmp_path,
+        "--accuracy",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(image_folder),
+        "--models",
+        "ghost_resnet18",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--results",
+        str(tmp_path),
+        "--doc",
+        str(tmp_path / "benchmarks.md"),
+    )
     assert done.returncode == 0, done.stderr
     (run,) = json.loads((tmp_path / "accuracy-cpu.json").read_text())["runs"]
     data = load_cifar10(image_folder)
@@ -293,3 +377,18 @@ def test_bench_accuracy_mode_reports_both_paths(image_folder, tmp_path):
         (acc,) = run[path]["test_acc"]
         assert 0 <= acc <= 1 and (acc * len(data.test)).is_integer()
     assert "| 0 |" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_bench_recipe_mode_times_both_models(image_folder, tmp_path):
+    done = run_bench(
+        tmp_path, "--recipe", "--device", "cpu", "--data-dir", str(image_folder), "--threads", "1",
+        "--epochs", "2", "--ghost-epochs", "2", "--batch-size", "10", "--train-limit", "20",
+        "--test-limit", "10", "--results", str(tmp_path), "--doc", str(tmp_path / "benchmarks.md"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "recipe-cpu.json").read_text())
+    resnet, ghost = result["models"]["resnet18"], result["models"]["ghost_resnet18"]
+    assert len(resnet["epoch_seconds"]) == len(ghost["epoch_seconds"]) == 2
+    assert resnet["end_to_end_seconds"] > resnet["seconds"] > sum(resnet["epoch_seconds"]) * 0.99
+    assert result["targets"] == []  # the recipe's targets are for a GPU
+    assert "### Study recipe: cpu" in (tmp_path / "benchmarks.md").read_text()

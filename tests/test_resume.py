@@ -90,7 +90,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
     process.process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # nobody could mark it
-    assert steps(run_id, "test_acc") == [1], "killed too late: epoch 2 had already finished"
+    # Epoch 1's metrics follow its checkpoint; the kill may land between the two (the resume
+    # then sends them). Epoch 2 must not have finished.
+    assert steps(run_id, "test_acc") in ([], [1]), "killed too late: epoch 2 had finished"
 
     if how == "--resume":
         result = train("train", "--resume", run_id)

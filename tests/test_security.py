@@ -87,7 +87,10 @@ def test_valid_credentials_train_and_the_password_is_recorded_nowhere(
     [
         (
             {},
-            "requires credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+            (
+                "requires credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD"
+            ),
         ),
         (
             {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": "wrong-" + PASSWORD},

@@ -1,15 +1,21 @@
 """The tracking server goes away mid-run, for real: its process is stopped, training goes on, and
 when a server comes back on the same database and port every epoch reaches it exactly once.
+If it is still gone after training, the run fails with a clear message and resumes later.
 (Unreachable at start: tests/test_cli_errors.py.)"""
 
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from cifar_mlflow import outbox
+from cifar_mlflow.cli import cli
 from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG
 
 from .conftest import MlflowServer, tiny_train_args
@@ -27,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 # MLflow's own client retries each call for ~4 minutes; the outbox retries on its own schedule
 # (1, 2, 4, 8, then every 15 s), so one quick try per call keeps this test short.
-QUICK_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+QUICK_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def start_again(server: MlflowServer) -> None:
@@ -69,3 +75,42 @@ def test_server_stopped_mid_run_then_restarted_loses_and_doubles_nothing(own_ser
         assert steps(run_id, key) == [1, 2, 3], key
     assert run.data.tags[CHECKPOINT_EPOCH_TAG] == "3"
     assert "best_test_acc" in run.data.metrics and "model_uri" in run.data.tags
+
+
+def test_server_still_gone_after_training_fails_clearly_and_the_run_resumes_later(
+    own_server, image_folder, monkeypatch
+):
+    """The wait for the server after the last epoch (10 min) is cut to 5 s here."""
+    patience = outbox.DRAIN_AFTER_TRAINING_SECONDS
+    monkeypatch.setattr(outbox, "DRAIN_AFTER_TRAINING_SECONDS", 5)
+    for name, value in QUICK_CLIENT.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    run_ids = []
+
+    def stop_server_after_epoch_1() -> None:
+        while not (runs := mlflow.search_runs(experiment_names=["gone"], output_format="list")):
+            time.sleep(0.2)
+        run_ids.append(runs[0].info.run_id)
+        wait_for_checkpoint(run_ids[0], 1)
+        own_server.stop()
+
+    stopper = threading.Thread(target=stop_server_after_epoch_1)
+    stopper.start()
+    args = tiny_train_args(image_folder, "gone", "--epochs", "2", *SMALL_RUN)
+    result = CliRunner().invoke(cli, args)
+    stopper.join()
+    [run_id] = run_ids
+    assert result.exit_code == 1
+    assert (
+        f"has not answered for 5 s: epochs 2 of run {run_id} are not recorded; once it is back, "
+        f"run `cifar-mlflow train --resume {run_id}`"
+    ) in result.output
+
+    start_again(own_server)
+    monkeypatch.setattr(outbox, "DRAIN_AFTER_TRAINING_SECONDS", patience)
+    resumed = CliRunner().invoke(cli, ["train", "--resume", run_id])
+    assert resumed.exit_code == 0, resumed.output
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
+    for key in PER_EPOCH_KEYS:
+        assert steps(run_id, key) == [1, 2], key
