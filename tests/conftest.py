@@ -103,7 +103,7 @@ class MlflowServer:
             start_new_session=True,  # its own process group: stop() ends gunicorn/uvicorn workers too
         )  # fmt: skip
 
-    def wait_ready(self, timeout: float = 90) -> None:
+    def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
