@@ -26,33 +26,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import os
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from bench import baseline, report  # noqa: E402
-from bench.timing import (  # noqa: E402
-    Variant,
-    environment,
-    interleaved,
-    paired_ratio,
-    per_batch_seconds,
-    summary,
-)
-from cifar_mlflow.batches import DeviceBatches  # noqa: E402
-from cifar_mlflow.config import DEFAULTS, TrainConfig  # noqa: E402
-from cifar_mlflow.data import Cifar10, load_cifar10  # noqa: E402
+from bench.throughput import throughput  # noqa: E402
+from bench.timing import environment  # noqa: E402
+from bench.workload import config_for, load  # noqa: E402
+from cifar_mlflow.config import DEFAULTS  # noqa: E402
 from cifar_mlflow.engine import (  # noqa: E402
     Trainer,
     build_optimizer,
@@ -66,7 +56,6 @@ DATA_DIR = "/work/shared/data/cifar10-jpeg"
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 ACCURACY_TRAIN, ACCURACY_TEST = 2000, 1000
-PIPELINE_BATCHES = 30
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,153 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     report.write_doc(args.doc, args.results)
     print(report.render(result))
     print(f"wrote {path} and {args.doc}")
-
-
-def load(args: argparse.Namespace, train_limit: int = 0, test_limit: int = 0) -> Cifar10:
-    """The images, limited by --train-limit/--test-limit, else by the mode's own limits."""
-    return load_cifar10(
-        args.data_dir, args.train_limit or train_limit, args.test_limit or test_limit
-    )
-
-
-def config_for(
-    args: argparse.Namespace, model: str, device: torch.device, **changes
-) -> TrainConfig:
-    return TrainConfig(
-        model=model,
-        batch_size=args.batch_size,
-        device=device.type,
-        precision=args.precision,
-        compile=args.compile,
-        data_dir=args.data_dir,
-        **changes,
-    )
-
-
-# --- throughput ----------------------------------------------------------------------------
-
-
-class Block:
-    """The next `steps` batches of an endless stream, counting the images handed out."""
-
-    def __init__(self, stream: Iterator, steps: int):
-        self.stream, self.steps, self.images = stream, steps, 0
-
-    def __iter__(self) -> Iterator:
-        for images, labels in itertools.islice(self.stream, self.steps):
-            self.images += len(labels)
-            yield images, labels
-
-
-def endless(batches: Iterable) -> Iterator:
-    """Epoch after epoch: each pass re-shuffles (and, for a DataLoader, restarts its workers)."""
-    while True:
-        yield from batches
-
-
-def throughput(args: argparse.Namespace, device: torch.device) -> dict:
-    data = load(args)
-    started = time.perf_counter()
-    result = {
-        "mode": "throughput",
-        "environment": environment(device),
-        "settings": {
-            "batch_size": args.batch_size,
-            "steps_per_block": args.steps,
-            "rounds": args.rounds,
-            "warmup_blocks": args.warmup,
-            "workers": args.workers,
-            "compile": args.compile,
-            "torch_threads": torch.get_num_threads(),
-            "train_images": len(data.train),
-            "data": data.source,
-        },
-        "input_pipeline_ms": input_pipeline_ms(args, data, device),
-        "models": {},
-    }
-    for name in args.models:
-        trainer, variants = throughput_variants(args, name, device, data)
-        rates = interleaved(variants, args.rounds, args.warmup, device)
-        clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)  # GPU work is not CPU time
-        engine = rates["engine"]
-        result["models"][name] = {
-            "model_flops": forward_flops(trainer.model, device),
-            "precision": trainer.precision,
-            "images_per_second": {c: {k: summary(v[c]) for k, v in rates.items()} for c in clocks},
-            "engine_over": {
-                c: {k: paired_ratio(engine[c], v[c]) for k, v in rates.items() if k != "engine"}
-                for c in clocks
-            },
-        }
-        del trainer, variants
-    result["environment"]["load_average_1min_end"] = os.getloadavg()[0]
-    result["seconds"] = time.perf_counter() - started
-    result["targets"] = report.throughput_targets(result)
-    return result
-
-
-def input_pipeline_ms(args: argparse.Namespace, data: Cifar10, device: torch.device) -> dict:
-    """Milliseconds to make one training batch without training on it (median of
-    PIPELINE_BATCHES): the engine's, and the baseline's with its transforms in this process.
-    Steadier than the training blocks, and the whole of what the engine adds to the pure step."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(0)
-    streams = {
-        "engine": DeviceBatches(data.train, args.batch_size, device, True, generator),
-        "baseline_w0": baseline.train_loader(data.train, args.batch_size, 0, seed=0),
-    }
-    costs = {}
-    for name, batches in streams.items():
-        stream = endless(batches)
-        next(stream)  # the first also shuffles and allocates
-        seconds = per_batch_seconds(stream, PIPELINE_BATCHES, device)
-        costs[name] = {clock: statistics.median(v) * 1000 for clock, v in seconds.items()}
-    return costs
-
-
-def throughput_variants(args, name: str, device: torch.device, data: Cifar10):
-    config = config_for(args, name, device)
-    trainer = Trainer(config, data, device)
-    # The baseline trains its own copy, made the usual way: default memory format, fp32.
-    usual_model = copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format)
-    usual_optimizer = build_optimizer(config, usual_model.parameters())
-
-    engine_stream = endless(trainer.train_batches)
-
-    def engine() -> int:
-        block = Block(engine_stream, args.steps)
-        trainer.train_one_epoch(block)  # the engine's own loop; ends by reading its sums
-        return block.images
-
-    premade = [(x.clone(), y.clone()) for x, y in itertools.islice(trainer.train_batches, 8)]
-    premade_stream = itertools.cycle(premade)
-
-    def pure() -> int:
-        trainer.model.train()
-        block = Block(premade_stream, args.steps)
-        for images, labels in block:
-            with trainer.autocast():
-                loss = nn.functional.cross_entropy(trainer.step_model(images), labels)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            trainer.optimizer.step()
-        return block.images
-
-    def usual(workers: int):
-        stream = endless(baseline.train_loader(data.train, args.batch_size, workers, config.seed))
-
-        def run() -> int:
-            usual_model.train()
-            block = Block(stream, args.steps)
-            for images, labels in block:
-                baseline.train_step(usual_model, usual_optimizer, images, labels, device)
-            return block.images
-
-        return run
-
-    variants = [Variant("engine", engine), Variant("pure", pure)]
-    variants += [Variant(f"baseline_w{w}", usual(w)) for w in args.workers]
-    return trainer, variants
 
 
 # --- accuracy ------------------------------------------------------------------------------

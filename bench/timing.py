@@ -71,7 +71,9 @@ def williams_orders(n: int) -> list[list[int]]:
     return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
 
 
-def per_batch_seconds(batches: Iterator, count: int, device: torch.device) -> dict[str, list[float]]:
+def per_batch_seconds(
+    batches: Iterator, count: int, device: torch.device
+) -> dict[str, list[float]]:
     """Wall and CPU seconds to make each of `count` batches, without training on them."""
     times: dict[str, list[float]] = {"wall": [], "cpu": []}
     for _ in range(count):
