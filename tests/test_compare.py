@@ -18,7 +18,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -27,7 +26,7 @@ from cifar_mlflow import compare as compare_module
 from cifar_mlflow import tracking as tracking_module
 from cifar_mlflow.charts import factor_colours, nice_limits
 from cifar_mlflow.cli import cli
-from cifar_mlflow.compare import HISTORY_KEYS, command, fetch_histories
+from cifar_mlflow.compare import HISTORY_KEYS, fetch_histories
 from cifar_mlflow.config import TrainConfig
 from cifar_mlflow.engine import EpochMetrics
 from cifar_mlflow.study import (
@@ -407,20 +406,6 @@ def assert_one_line_error(result, fragments: list[str]) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-
-# --- the MLproject entry point ------------------------------------------------------------------
-
-
-def test_mlproject_compare_parameters_match_the_command_options():
-    spec = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]["compare"]
-    options = {p.name: p for p in command.params if p.name != "help"}
-    assert set(spec["parameters"]) == {"filter" if n == "filter_string" else n for n in options}
-    for name, param in spec["parameters"].items():
-        option = options["filter_string" if name == "filter" else name]
-        assert option.type.convert(str(param["default"]), option, None) == option.default, name
-        assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], name
-    assert spec["command"].startswith("python -m entrypoints.compare ")
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import mlflow
 import numpy as np
 import pytest
@@ -31,7 +30,6 @@ from cifar_mlflow.data import CLASSES, as_model_input, load_cifar10
 from cifar_mlflow.deployment import load_torchscript, onnx_logits
 
 from .conftest import PROJECT_ROOT, MlflowServer, free_port, tiny_train_args
-from .test_mlproject import MLPROJECT, cli_options
 
 pytestmark = pytest.mark.slow  # trains real models and starts processes; still run by default
 
@@ -403,17 +401,3 @@ def test_served_champion_answers_a_rest_request_with_the_right_classes(
     local = invoke("predict", "--model-uri", f"models:/{exported.name}@champion", *map(str, photos))
     assert served.exit_code == 0 and local.exit_code == 0, served.output + local.output
     assert served.stdout == local.stdout
-
-
-# --- the MLproject entry point mirrors the command --------------------------------------------
-
-
-def test_mlproject_export_parameters_match_the_export_options():
-    spec = MLPROJECT["entry_points"]["export"]
-    options = cli_options(cli.get_command(click.Context(cli), "export"))
-    assert set(spec["parameters"]) == set(options)
-    for name, param in spec["parameters"].items():
-        option = options[name]
-        assert option.type.convert(str(param["default"]), option, None) == option.default, name
-        assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], name
-    assert spec["command"].startswith("python -m entrypoints.export ")
