@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_compare.py            # starts its own `mlflow server`
     .venv/bin/python bench/bench_compare.py --tracking-uri http://127.0.0.1:5000
 
-Logs two studies of 100 runs each through the trainer's tracking functions:
+Logs two studies of 100 runs each through the trainer's tracking functions (tracking.runs,
+tracking.training; the epochs as cifar_mlflow.testing.runs logs them):
   - "study": the study's grid (grids/study.yaml: 7 configurations, 3 comparison charts) with 14
     seeds, 16 for the shared baseline;
   - "factorial": 2 models x 4 activations x 3 optimizers x 4 seeds, plus 4 seeds at lr 0.1
@@ -11,11 +12,14 @@ Logs two studies of 100 runs each through the trainer's tracking functions:
 Then times, on the same server in the same process (wall clock, and this process's CPU time,
 which a shared machine disturbs less; the server's CPU is not in it):
   - fetching the 5 histories compare needs: one get_metric_history call per run and metric (the
-    baseline), the bulk endpoint on 1 thread, and on compare's FETCH_THREADS;
+    baseline), and tracking.history.fetch_histories (the bulk endpoint) on 1 thread and on its
+    FETCH_THREADS;
   - drawing the 100 run figures: a fresh pyplot figure each (the baseline) and compare's stencil;
   - drawing the comparison charts of each study;
   - the whole `run_compare` (search, fetch, draw, write, log the artifacts, move the report into
-    place) on each study, repeated; and `cifar-mlflow compare` in a fresh process.
+    place) on each study, repeated; and, in a fresh process each, `cifar-mlflow compare` and
+    `cifar-mlflow --help`.
+It starts its server with cifar_mlflow.testing.server and imports nothing from tests/.
 Writes docs/compare-benchmark.json and docs/compare-benchmark.md.
 """
 
@@ -30,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,14 +44,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import mlflow
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow import charts, compare, report, study, tracking
-from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.files import atomic_write
-from tests.conftest import MlflowServer
-from tests.test_compare import MODEL_PARAMS, fabricated_history
+from cifar_mlflow.compare import charts, job, report, study
+from cifar_mlflow.core.config import TrainConfig
+from cifar_mlflow.core.files import atomic_write
+from cifar_mlflow.testing.runs import MODEL_PARAMS, fabricated_history, log_epochs
+from cifar_mlflow.testing.server import MlflowServer
+from cifar_mlflow.tracking import connection, history, records, training
+from cifar_mlflow.tracking.history import Selection, SelectionError
+from cifar_mlflow.tracking.runs import JOB_TAG, RunSpec, tracked_run
 
 EPOCHS = 40
 TARGET_SECONDS = 10.0
@@ -81,27 +86,29 @@ def factorial_grid() -> list[dict]:
 DESIGNS = {"study": study_grid, "factorial": factorial_grid}
 
 
-def log_design(client: MlflowClient, experiment: str, grid: list[dict]) -> None:
-    """Like trained runs: training_run, log_setup and log_summary, but the 40 epochs go in one
-    log_batch call instead of 40 log_epoch calls, which only makes the setup quicker."""
-    found = client.get_experiment_by_name(experiment)
-    if found and len(compare.select_runs(client, experiment, "", None, False)) == len(grid):
+def logged_runs(experiment: str) -> int:
+    """How many finished training runs `experiment` holds (0 when it has none, or is not there)."""
+    try:
+        return len(history.training_runs(Selection(experiment)))
+    except SelectionError:
+        return 0
+
+
+def log_design(experiment: str, grid: list[dict]) -> None:
+    """Like trained runs: tracked_run(training_run), log_facts and log_summary, but the 40 epochs
+    go in one log_batch call (testing.runs.log_epochs) instead of epoch by epoch through the
+    outbox, which only makes the setup quicker."""
+    if logged_runs(experiment) == len(grid):
         return
     started = time.perf_counter()
     for options in grid:
         config = TrainConfig(experiment=experiment, epochs=EPOCHS, system_metrics=False, **options)
-        history = fabricated_history(config, quality=0.1 if config.activation == "gelu" else 0.0)
-        facts = {"device": "cpu", "model_params": MODEL_PARAMS[config.model], "model_flops": 1}
-        with tracking.training_run(config) as run:
-            tracking.log_setup(config, facts)
-            now = int(time.time() * 1000)
-            metrics = [
-                Metric(key, value, now + m.epoch, m.epoch)
-                for m in history
-                for key, value in m.as_metrics().items()
-            ]
-            client.log_batch(run.info.run_id, metrics=metrics)
-            tracking.log_summary(history)
+        epochs = fabricated_history(config, quality=0.1 if config.activation == "gelu" else 0.0)
+        facts = {"device_used": "cpu", "model_params": MODEL_PARAMS[config.model], "model_flops": 1}
+        with tracked_run(training.training_run(config)) as run_id:
+            training.log_facts(facts)
+            log_epochs(run_id, epochs)
+            training.log_summary(epochs)
     print(f"{experiment}: logged {len(grid)} runs in {time.perf_counter() - started:.0f} s",
           file=sys.stderr)  # fmt: skip
 
@@ -119,18 +126,25 @@ def timed(fn, repeats: int = 1) -> tuple[dict, object]:
 
 
 def fetch_per_run(client: MlflowClient, run_ids: list[str]) -> int:
+    """The baseline: one get_metric_history call per run and metric, with the public client."""
     return sum(
         len(client.get_metric_history(run_id, key))
-        for key in compare.HISTORY_KEYS
+        for key in job.HISTORY_KEYS
         for run_id in run_ids
     )
 
 
-def fetch_bulk(client: MlflowClient, run_ids: list[str], threads: int) -> int:
-    with ThreadPoolExecutor(threads) as pool:
-        found = pool.map(lambda key: compare._bulk_history(client, key, run_ids),
-                         compare.HISTORY_KEYS)  # fmt: skip
-        return sum(len(f) for f in found)
+def fetch_bulk(run_ids: list[str], threads: int | None = None) -> int:
+    """compare's fetch (the bulk endpoint, one call per metric for up to 100 runs) on `threads`
+    threads (default: history.FETCH_THREADS, compare's); returns the points fetched."""
+    saved = history.FETCH_THREADS
+    if threads is not None:
+        history.FETCH_THREADS = threads
+    try:
+        found = history.fetch_histories(run_ids, job.HISTORY_KEYS)
+    finally:
+        history.FETCH_THREADS = saved
+    return sum(len(points) for by_key in found.values() for points in by_key.values())
 
 
 def draw_runs_fresh(records, folder: Path) -> None:
@@ -167,25 +181,24 @@ def draw_comparisons(records, folder: Path) -> int:
     return count
 
 
-def phases(client: MlflowClient, experiment: str, workdir: Path) -> dict[str, dict]:
+def phases(experiment: str, workdir: Path) -> dict[str, dict]:
     """run_compare's steps one by one, to see where its time goes; the last, drawing while the
     files upload, against drawing first and uploading after (log_artifacts), alternated."""
     timings = {}
-    timings["search"], runs = timed(
-        lambda: compare.select_runs(client, experiment, "", None, False)
-    )
-    timings["fetch"], records = timed(lambda: compare.load_records(runs, client))
+    timings["search"], runs = timed(lambda: history.training_runs(Selection(experiment)))
+    timings["fetch"], loaded = timed(lambda: job.load_records(runs))
 
     def draw_then_upload() -> None:
         folder = Path(tempfile.mkdtemp(dir=workdir))
-        report.write_report(records, folder, "bench")
+        report.write_report(loaded, folder, "bench")
         mlflow.log_artifacts(str(folder))
 
     def draw_while_uploading() -> None:
         folder = Path(tempfile.mkdtemp(dir=workdir))
-        compare._write_and_upload(records, folder, "bench", client, mlflow.active_run().info.run_id)
+        with records.Uploads(run_id, folder) as upload:
+            report.write_report(loaded, folder, "bench", upload)
 
-    with compare.compare_run(experiment, {}):
+    with tracked_run(RunSpec(experiment, "bench", {JOB_TAG: "compare"})) as run_id:
         for name, fn in [(UPLOAD_PHASES[0], draw_then_upload),
                          (UPLOAD_PHASES[1], draw_while_uploading)] * REPEATS:  # fmt: skip
             seconds, _ = timed(fn)
@@ -197,11 +210,11 @@ def phases(client: MlflowClient, experiment: str, workdir: Path) -> dict[str, di
     return timings
 
 
-def cli_seconds(uri: str, experiment: str, output_dir: Path) -> float:
+def cli_seconds(uri: str, *args: str) -> float:
+    """Wall seconds of `cifar-mlflow ARGS` in a fresh interpreter, start-up included."""
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "cifar_mlflow", "compare", "--experiment", experiment,
-         "--output-dir", str(output_dir)],
+        [sys.executable, "-m", "cifar_mlflow", *args],
         env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True, capture_output=True,
     )  # fmt: skip
     return time.perf_counter() - started
@@ -209,48 +222,46 @@ def cli_seconds(uri: str, experiment: str, output_dir: Path) -> float:
 
 def measure(uri: str, workdir: Path) -> dict:
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    tracking.connect()
+    connection.connect()
     client = MlflowClient()
     experiments = {name: f"bench-compare-{name}-100x{EPOCHS}" for name in DESIGNS}
     for name, grid in DESIGNS.items():
-        log_design(client, experiments[name], grid())
+        log_design(experiments[name], grid())
     results: dict = {"load_average_1min_start": os.getloadavg()[0], "epochs": EPOCHS}
 
-    runs = compare.select_runs(client, experiments["factorial"], "", None, False)
+    runs = history.training_runs(Selection(experiments["factorial"]))
     run_ids = [r.info.run_id for r in runs]
     fetch = {}
     fetch["per_run"], points = timed(lambda: fetch_per_run(client, run_ids))
-    fetch["bulk_1_thread"], bulk = timed(lambda: fetch_bulk(client, run_ids, 1), REPEATS)
-    fetch["bulk_threads"], _ = timed(
-        lambda: fetch_bulk(client, run_ids, compare.FETCH_THREADS), REPEATS
-    )
-    assert points == bulk == len(run_ids) * EPOCHS * len(compare.HISTORY_KEYS), (points, bulk)
+    fetch["bulk_1_thread"], bulk = timed(lambda: fetch_bulk(run_ids, 1), REPEATS)
+    fetch["bulk_threads"], _ = timed(lambda: fetch_bulk(run_ids), REPEATS)
+    assert points == bulk == len(run_ids) * EPOCHS * len(job.HISTORY_KEYS), (points, bulk)
     results["fetch"] = fetch
-    results["fetch_threads"] = compare.FETCH_THREADS
+    results["fetch_threads"] = history.FETCH_THREADS
 
-    records = compare.load_records(runs, client)
+    loaded = job.load_records(runs)
     draw = {}
     for name, fn in (("runs_fresh_pyplot", draw_runs_fresh), ("runs_stencil", draw_runs_stencil)):
         folder = Path(tempfile.mkdtemp(dir=workdir))
-        draw[name], _ = timed(lambda: fn(records, folder))  # noqa: B023
+        draw[name], _ = timed(lambda: fn(loaded, folder))  # noqa: B023
     results["draw"] = draw
 
     designs = {}
     for name, experiment in experiments.items():
-        records = compare.load_records(
-            compare.select_runs(client, experiment, "", None, False), client
-        )
+        loaded = job.load_records(history.training_runs(Selection(experiment)))
         folder = Path(tempfile.mkdtemp(dir=workdir))
-        charts_time, count = timed(lambda: draw_comparisons(records, folder))  # noqa: B023
+        charts_time, count = timed(lambda: draw_comparisons(loaded, folder))  # noqa: B023
         whole, _ = timed(
-            lambda: compare.run_compare(experiment, output_dir=workdir / f"report-{name}"),  # noqa: B023
+            lambda: job.run_compare(Selection(experiment), workdir / f"report-{name}"),  # noqa: B023
             REPEATS,
         )
-        designs[name] = {"runs": len(records), "comparison_charts": count,
+        designs[name] = {"runs": len(loaded), "comparison_charts": count,
                          "draw_comparisons": charts_time, "run_compare": whole,
-                         "phases": phases(client, experiment, workdir)}  # fmt: skip
+                         "phases": phases(experiment, workdir)}  # fmt: skip
     results["designs"] = designs
-    results["cli_factorial_wall"] = cli_seconds(uri, experiments["factorial"], workdir / "cli")
+    cli_args = ("--experiment", experiments["factorial"], "--output-dir", str(workdir / "cli"))
+    results["cli_factorial_wall"] = cli_seconds(uri, "compare", *cli_args)
+    results["cli_help_wall"] = cli_seconds(uri, "--help")
     results["target_seconds"] = TARGET_SECONDS
     results["machine"] = {
         "cpus": os.cpu_count(), "load_average_1min_end": os.getloadavg()[0],
@@ -294,10 +305,11 @@ def write_docs(results: dict) -> None:
         f"at the end); Python {m['python']}, MLflow {m['mlflow']}, matplotlib {m['matplotlib']}. "
         "Seconds; CPU is this process's time (the server's is not in it)."
     )
-    cli = (
-        "| factorial: `cifar-mlflow compare` in a fresh process (imports torch) | "
-        f"{results['cli_factorial_wall']:.2f} | |"
-    )
+    cli = [
+        f"| {name} in a fresh process | {results[key]:.2f} | |"
+        for name, key in (("factorial: `cifar-mlflow compare`", "cli_factorial_wall"),
+                          ("`cifar-mlflow --help`", "cli_help_wall"))
+    ]  # fmt: skip
     steps_heading = (
         f"`run_compare`'s steps (wall s / CPU s; the last two: medians of {REPEATS} alternated "
         "rounds):"
@@ -305,7 +317,7 @@ def write_docs(results: dict) -> None:
     lines = [
         "# compare benchmark", "", designs, "", machine, "",
         "| step | wall s | CPU s |", "|---|---|---|",
-        *(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |" for name, t in rows), cli, "",
+        *(f"| {name} | {t['wall']:.2f} | {t['cpu']:.2f} |" for name, t in rows), *cli, "",
         steps_heading, "",
         "| design | " + " | ".join(PHASES) + " |", "|---" * (len(PHASES) + 1) + "|",
         *(f"| {name} | " + " | ".join(f"{d['phases'][p]['wall']:.2f} / {d['phases'][p]['cpu']:.2f}"

@@ -11,6 +11,9 @@ import statistics
 import time
 
 import torch
+from cifar_mlflow.core.batches import DeviceBatches
+from cifar_mlflow.core.data import Cifar10
+from cifar_mlflow.core.engine import Trainer, build_optimizer, forward_flops
 from torch import nn
 
 from bench import baseline, report
@@ -23,9 +26,6 @@ from bench.timing import (
     summary,
 )
 from bench.workload import Block, config_for, endless, load
-from cifar_mlflow.batches import DeviceBatches
-from cifar_mlflow.data import Cifar10
-from cifar_mlflow.engine import Trainer, build_optimizer, forward_flops
 
 PIPELINE_BATCHES = 30
 

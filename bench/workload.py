@@ -8,9 +8,8 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
-
-from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.data import Cifar10, load_cifar10
+from cifar_mlflow.core.config import TrainConfig
+from cifar_mlflow.core.data import Cifar10, load_cifar10
 
 
 def load(args: argparse.Namespace, train_limit: int = 0, test_limit: int = 0) -> Cifar10:

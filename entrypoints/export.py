@@ -1,11 +1,6 @@
-"""MLproject entry point `export`: hand the arguments to `cifar-mlflow export`.
+"""MLproject entry point `export`: `cifar-mlflow export` as `mlflow run` calls it."""
 
-Run as `python -m entrypoints.export` from the project directory, like entrypoints/train.py.
-"""
-
-import sys
-
-from cifar_mlflow.cli import cli
+from cifar_mlflow.cli import mlproject_entry_point
 
 if __name__ == "__main__":
-    cli(["export", *sys.argv[1:]], prog_name="cifar-mlflow")
+    mlproject_entry_point("export")

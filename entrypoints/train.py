@@ -1,12 +1,6 @@
-"""MLproject entry points `main` and `train`: hand the arguments to `cifar-mlflow train`.
+"""MLproject entry points `main` and `train`: `cifar-mlflow train` as `mlflow run` calls it."""
 
-Run as `python -m entrypoints.train` from the project directory, so `cifar_mlflow` imports from
-there even where the project is not pip-installed (conda environments built by `mlflow run`).
-"""
-
-import sys
-
-from cifar_mlflow.cli import cli
+from cifar_mlflow.cli import mlproject_entry_point
 
 if __name__ == "__main__":
-    cli(["train", *sys.argv[1:]], prog_name="cifar-mlflow")
+    mlproject_entry_point("train")

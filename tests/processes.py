@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG
+from cifar_mlflow.tracking.outbox import CHECKPOINT_EPOCH_TAG
 
 from .conftest import MlflowServer
 
@@ -85,6 +85,16 @@ def wait_for_checkpoint(run_id: str, epoch: int, timeout: float = 180) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"no checkpoint of epoch {epoch} on the server within {timeout} s")
+
+
+def wait_for_epoch(run_id: str, epoch: int, timeout: float = 180) -> None:
+    """Until the server holds the run's checkpoint of `epoch` and every metric of that epoch
+    (the outbox sends the metrics right after the checkpoint)."""
+    wait_for_checkpoint(run_id, epoch, timeout)
+    deadline = time.monotonic() + timeout
+    while any(epoch not in steps(run_id, key) for key in PER_EPOCH_KEYS):
+        assert time.monotonic() < deadline, f"epoch {epoch}'s metrics did not arrive"
+        time.sleep(0.1)
 
 
 def history(run_id: str, key: str) -> list[tuple[int, float]]:

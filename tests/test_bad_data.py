@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cifar_mlflow.cli import cli
-from cifar_mlflow.data import DataError, load_cifar10
+from cifar_mlflow.core.data import DataError, load_cifar10
 
 from .conftest import tiny_train_args, write_image_folder, write_torchvision_files
 

@@ -1,18 +1,16 @@
 """`cifar-mlflow compare`: grouping and numbers as pure functions, then real runs on the real server.
 
-Synthetic runs are logged through the trainer's own tracking functions (training_run, log_setup,
-log_epoch, log_summary) with fabricated EpochMetrics, so they look exactly like trained ones.
+Synthetic runs (cifar_mlflow.testing.runs) are opened, tagged and summarised by the trainer's own
+tracking code with fabricated epochs, so they look exactly like trained ones.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import os
 import subprocess
 import sys
 import uuid
-import zlib
 from pathlib import Path
 
 import mlflow
@@ -22,14 +20,10 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cifar_mlflow import compare as compare_module
-from cifar_mlflow import tracking as tracking_module
-from cifar_mlflow.charts import factor_colours, nice_limits
 from cifar_mlflow.cli import cli
-from cifar_mlflow.compare import HISTORY_KEYS, fetch_histories
-from cifar_mlflow.config import TrainConfig
-from cifar_mlflow.engine import EpochMetrics
-from cifar_mlflow.study import (
+from cifar_mlflow.compare.charts import factor_colours, nice_limits
+from cifar_mlflow.compare.job import HISTORY_KEYS
+from cifar_mlflow.compare.study import (
     Curve,
     RunRecord,
     effective_config,
@@ -38,49 +32,11 @@ from cifar_mlflow.study import (
     seed_band,
     table_rows,
 )  # fmt: skip
+from cifar_mlflow.testing.runs import log_synthetic_run
+from cifar_mlflow.tracking import history
+from cifar_mlflow.tracking.history import fetch_histories
 
 from .conftest import PROJECT_ROOT, free_port
-
-MODEL_PARAMS = {"resnet18": 11173962, "ghost_resnet18": 5706186}
-
-
-def fabricated_history(config: TrainConfig, quality: float = 0.0) -> list[EpochMetrics]:
-    """Plausible curves that differ by config and seed, so every number in the table is distinct."""
-    rng = np.random.default_rng(zlib.crc32(repr(config).encode()))
-    ceiling = 0.6 + quality + rng.uniform(0, 0.05)
-    history = []
-    for epoch in range(1, config.epochs + 1):
-        progress = 1 - math.exp(-epoch / 3)
-        test_acc = ceiling * progress + rng.uniform(-0.02, 0.02)
-        history.append(EpochMetrics(
-            epoch=epoch, train_loss=2.3 * (1 - progress) * (1 - quality) + rng.uniform(0.15, 0.25), train_acc=min(1, test_acc + 0.05),
-            test_loss=2.3 * (1 - progress) + 0.4, test_acc=test_acc, lr=config.lr,
-            epoch_seconds=(30 if config.model == "resnet18" else 20) + rng.uniform(0, 2),
-            images_per_second=1000 + rng.uniform(0, 100),
-        ))  # fmt: skip
-    return history
-
-
-def log_synthetic_run(
-    experiment: str, quality: float = 0.0, status: str = "FINISHED",
-    tags: dict[str, str] | None = None, **config: object,
-) -> str:  # fmt: skip
-    """Log a training run with fabricated metrics; `status` FAILED leaves it failed mid-way."""
-    config = TrainConfig(experiment=experiment, system_metrics=False, **{"epochs": 4, **config})
-    history = fabricated_history(config, quality)
-    facts = {"device": "cpu", "model_params": MODEL_PARAMS[config.model], "model_flops": 1}
-    try:
-        with tracking_module.training_run(config) as run:
-            tracking_module.log_setup(config, facts)
-            mlflow.set_tags(tags or {})
-            for metrics in history[: 2 if status == "FAILED" else None]:
-                tracking_module.log_epoch(metrics)
-            if status == "FAILED":
-                raise RuntimeError("a crash mid-run")
-            tracking_module.log_summary(history)
-    except RuntimeError:
-        pass
-    return run.info.run_id
 
 
 def compare(*args: str):
@@ -309,23 +265,22 @@ def assert_row_matches_logged_metrics(row: dict[str, str], run_ids: list[str], c
 
 
 def test_bulk_fetch_equals_one_call_per_run_and_metric(study, tracking, monkeypatch):
-    """Chunks of 3 runs, replies cut at 7 points: the 4-epoch histories come back whole anyway."""
+    """Chunks of 3 runs, replies cut at 7 points: the 4-epoch histories come back whole anyway,
+    and equal to what a store without the bulk endpoint (sqlite, files) answers."""
     _, ids = study
     run_ids = [i for v in ids.values() for i in v]
     client = MlflowClient()
-    monkeypatch.setattr(compare_module, "BULK_MAX_RUNS", 3)
-    monkeypatch.setattr(compare_module, "BULK_MAX_POINTS", 7)
-    fetched = fetch_histories(client, run_ids)
+    monkeypatch.setattr(history, "BULK_MAX_RUNS", 3)
+    monkeypatch.setattr(history, "BULK_MAX_POINTS", 7)
+    fetched = fetch_histories(run_ids, HISTORY_KEYS)
     assert set(fetched) == set(run_ids)
     for run_id in run_ids:
         for key in HISTORY_KEYS:
-            history = client.get_metric_history(run_id, key)
-            assert fetched[run_id][key].epochs.tolist() == [m.step for m in history]
-            assert fetched[run_id][key].values.tolist() == [m.value for m in history]
-    # The path for stores without the endpoint (sqlite, files) reads the same.
-    assert compare_module._history_each_run(client, "test_acc", run_ids[:2]) == [
-        (i, m.step, m.value) for i in run_ids[:2] for m in client.get_metric_history(i, "test_acc")
-    ]
+            logged = client.get_metric_history(run_id, key)
+            assert fetched[run_id][key] == {m.step: m.value for m in logged}
+            assert list(fetched[run_id][key]) == sorted(m.step for m in logged)
+    monkeypatch.setattr(history, "is_http", lambda uri: False)  # the per-run path
+    assert fetch_histories(run_ids, HISTORY_KEYS) == fetched
 
 
 def test_unfinished_runs_count_only_when_asked_and_compare_runs_never(study, tracking, tmp_path):
@@ -393,7 +348,7 @@ def test_bad_selections_fail_in_one_line_and_leave_nothing(args, fragments, stud
 
 
 def test_unreachable_server_fails_fast_in_one_line(tracking, tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking_module, "REACHABLE_WITHIN_SECONDS", 1.0)
+    monkeypatch.setenv("CIFAR_MLFLOW_SERVER_WAIT", "1")  # default 10 s: tests/test_cli_errors.py
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     result = compare("--experiment", tracking, "--output-dir", str(tmp_path / "report"))
     assert_one_line_error(result, ["tracking server", "unreachable"])

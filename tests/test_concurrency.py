@@ -1,5 +1,7 @@
 """Four real training processes logging to one tracking server at once, in one experiment that
-none of them has created yet: every metric, param and artifact of each reaches the server."""
+none of them has created yet: every metric, param and artifact of each reaches the server. The
+trainings are as small as a training gets (one image per class, the smaller model), so the
+processes spend their time where the promise is: opening runs, sending epochs, logging models."""
 
 from __future__ import annotations
 
@@ -7,19 +9,21 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG
+from cifar_mlflow.tracking.outbox import CHECKPOINT_EPOCH_TAG
 
 from .conftest import tiny_train_args
-from .processes import PER_EPOCH_KEYS, SMALL_RUN, TrainingProcess, steps
+from .processes import PER_EPOCH_KEYS, TrainingProcess, steps
 
 RUNS = 4
+TINIEST = ("--model", "ghost_resnet18", "--train-limit", "10", "--test-limit", "10",
+           "--batch-size", "10")  # fmt: skip
 
 
 @pytest.mark.slow
 def test_four_concurrent_runs_lose_no_metric_and_no_artifact(image_folder, tracking, tmp_path):
     # One thread each: four processes on a small machine, no oversubscription.
     processes = [
-        TrainingProcess(tiny_train_args(image_folder, tracking, *SMALL_RUN, "--seed", str(seed)),
+        TrainingProcess(tiny_train_args(image_folder, tracking, *TINIEST, "--seed", str(seed)),
                         env={"OMP_NUM_THREADS": "1"})
         for seed in range(RUNS)
     ]  # fmt: skip

@@ -7,9 +7,15 @@ import socket
 import numpy as np
 import pytest
 
-from cifar_mlflow.data import DataError, load_cifar10
+from cifar_mlflow.core.data import DataError, load_cifar10
 
-from .conftest import CLASSES, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, tiny_images, write_image_folder
+from .conftest import (
+    CLASSES,
+    TINY_TEST_PER_CLASS,
+    TINY_TRAIN_PER_CLASS,
+    tiny_images,
+    write_image_folder,
+)
 
 
 def test_both_layouts_give_the_same_images(image_folder, torchvision_dir):

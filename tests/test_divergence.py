@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.cli import cli
-from cifar_mlflow.engine import DIVERGENCE_CHECK_STEPS
-from cifar_mlflow.tracking import FAILURE_TAG
+from cifar_mlflow.core.engine import DIVERGENCE_CHECK_STEPS
+from cifar_mlflow.tracking.runs import FAILURE_TAG
 
 from .conftest import tiny_train_args
 from .processes import SMALL_RUN

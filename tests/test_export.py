@@ -24,12 +24,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from cifar_mlflow.champion import ChampionError, choose_best_run, register_champion
 from cifar_mlflow.cli import cli
-from cifar_mlflow.data import CLASSES, as_model_input, load_cifar10
-from cifar_mlflow.deployment import load_torchscript, onnx_logits
+from cifar_mlflow.core.data import CLASSES, as_model_input, load_cifar10
+from cifar_mlflow.export.champion import ChampionError, choose_best_run
+from cifar_mlflow.export.deployment import load_torchscript, onnx_logits
+from cifar_mlflow.testing.server import LocalServer
+from cifar_mlflow.tracking.registry import RegistryError, register
 
-from .conftest import PROJECT_ROOT, MlflowServer, free_port, tiny_train_args
+from .conftest import PROJECT_ROOT, free_port, tiny_train_args
 
 pytestmark = pytest.mark.slow  # trains real models and starts processes; still run by default
 
@@ -109,9 +111,9 @@ def test_choose_best_run_explains_why_nothing_qualifies(tracking):
     make_run(exp, "ghost_resnet18", "FAILED", {"best_test_acc": 0.9}, failure_reason="diverged")
     with pytest.raises(ChampionError, match="no FINISHED ghost_resnet18 run in experiment"):
         choose_best_run(tracking, "ghost_resnet18")
-    with pytest.raises(ChampionError, match="does not exist"):
+    with pytest.raises(RegistryError, match="does not exist"):
         choose_best_run(f"{tracking}-missing", "ghost_resnet18")
-    with pytest.raises(ChampionError, match="not a valid MLflow filter"):
+    with pytest.raises(RegistryError, match="not a valid MLflow filter"):
         choose_best_run(tracking, "ghost_resnet18", extra_filter="params.lr ~ 1")
 
 
@@ -216,7 +218,8 @@ def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_pa
     assert metrics["test_acc"] == pytest.approx(metrics["training_test_acc"])
     assert run.data.tags["export_of"] == exported.version.run_id
 
-    table = mlflow.load_table("evaluation/per_class_metrics.json", run_ids=[run.info.run_id])
+    table = MlflowClient().load_table(run.info.experiment_id, "evaluation/per_class_metrics.json",
+                                      run_ids=[run.info.run_id])  # fmt: skip
     assert table["class"].tolist() == list(CLASSES)
     assert table["support"].sum() == 40
     # recall of a class is its correct predictions over its images, so they add up to accuracy
@@ -261,11 +264,15 @@ def test_a_new_champion_gets_a_new_version_and_a_failed_alias_leaves_nothing(stu
     other = next(r for r in study.ghost_runs if r != exported.version.run_id)
     candidate = choose_best_run(study.experiment, "ghost_resnet18",
                                 extra_filter=f"attributes.run_id = '{other}'")  # fmt: skip
-    with pytest.raises(ChampionError, match="nothing was registered"):
-        register_champion(candidate, exported.name, "v9")  # reserved: refused after creating
+    def register_as(alias: str):
+        return register(candidate.model_uri, candidate.run_id, exported.name, alias,
+                        candidate.version_tags())  # fmt: skip
+
+    with pytest.raises(RegistryError, match="nothing was registered"):
+        register_as("v9")  # reserved: the registry refuses it after the version is created
     assert len(client.search_model_versions(f"name = '{exported.name}'")) == 1
 
-    registration = register_champion(candidate, exported.name, "challenger")
+    registration = register_as("challenger")
     assert registration.created and registration.version != exported.version.version
     assert client.get_model_version_by_alias(exported.name, "challenger").run_id == other
     assert client.get_model_version_by_alias(exported.name, "champion").run_id != other
@@ -285,6 +292,7 @@ def test_export_errors_are_one_line_and_register_nothing(study, mlflow_server, m
     assert_not_registered(name)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("CIFAR_MLFLOW_SERVER_WAIT", "1")  # default 10 s: tests/test_cli_errors.py
     assert_one_line_error(invoke(*base), "unreachable")
 
 
@@ -356,23 +364,19 @@ def test_predict_errors_are_one_line(exported, photos, tmp_path):
                                  str(photos[0])), "unreachable")  # fmt: skip
 
 
-class ModelServer(MlflowServer):
+class ModelServer(LocalServer):
     """`mlflow models serve` of a model, as the README shows it (~20 s to start); it answers
     /health like the tracking server, so waiting and stopping are the same."""
 
     def __init__(self, root: Path, model_uri: str, tracking_uri: str):
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.root = root
-        self.log = open(root / "server.log", "wb")  # noqa: SIM115 (closed by stop())
+        self.model_uri = model_uri
         # `--env-manager local` starts uvicorn from PATH: this interpreter's, with mlflow in it
         path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(self.port)],
-            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path},
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        super().__init__(root, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path})
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "mlflow", "models", "serve", "-m", self.model_uri,
+                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
 
 
 @pytest.fixture

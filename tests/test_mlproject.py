@@ -6,15 +6,15 @@ import dataclasses
 import os
 import subprocess
 import sys
-import tomllib
 
 import click
 import mlflow
 import pytest
+import tomllib
 import yaml
 
 from cifar_mlflow.cli import cli
-from cifar_mlflow.config import TrainConfig
+from cifar_mlflow.core.config import TrainConfig
 
 from .conftest import PROJECT_ROOT
 
@@ -71,9 +71,9 @@ def test_conda_env_installs_the_project_dependencies():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["image_folder", "torchvision_dir"])
-def test_mlflow_run_trains_and_tracks(layout, request, tracking, mlflow_server):
-    data_dir = request.getfixturevalue(layout)
+def test_mlflow_run_trains_and_tracks(image_folder, tracking, mlflow_server):
+    """One layout here: both are trained through the CLI in tests/test_train.py."""
+    data_dir = image_folder
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": mlflow_server.uri,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from cifar_mlflow.progress import EpochReporter
+from cifar_mlflow.train.progress import EpochReporter
 
 
 class Terminal(io.StringIO):

@@ -11,9 +11,9 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow import checkpoint
-from cifar_mlflow.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG
-from cifar_mlflow.tracking import FAILURE_TAG
+from cifar_mlflow.core import checkpoint
+from cifar_mlflow.tracking.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG
+from cifar_mlflow.tracking.runs import FAILURE_TAG
 
 from .conftest import tiny_train_args
 from .processes import SMALL_RUN, TrainingProcess, steps, wait_for_checkpoint
@@ -40,8 +40,8 @@ def test_signal_marks_the_run_killed_keeps_its_checkpoint_and_exits_promptly(
 
     name = signal.Signals(signum).name
     assert process.lines[-1] == (
-        f"error: stopped by {name}: run {run_id} is marked KILLED after epoch 1; continue it "
-        f"with `cifar-mlflow train --resume {run_id}`"
+        f"error: stopped by {name}: run {run_id} is marked KILLED; its checkpoint holds epoch 1: "
+        f"continue it with `cifar-mlflow train --resume {run_id}`"
     ), process.stderr
     assert "Traceback" not in process.stderr
     client = MlflowClient()
@@ -55,8 +55,8 @@ def test_signal_marks_the_run_killed_keeps_its_checkpoint_and_exits_promptly(
 
 
 STEPPER = """
-import os, signal, time
-from cifar_mlflow.train import Interrupted, StopOnSignal
+import os, signal, sys, time
+from cifar_mlflow.core.signals import Interrupted, StopOnSignal
 
 def batches():
     for i in range(1, 6):
@@ -67,7 +67,9 @@ try:
     with StopOnSignal() as stop:
         for i in stop.steps(batches()):
             print(f"step {i} started", flush=True)
-            time.sleep(1.5)  # a slow training step: the signal arrives during it
+            if i == 2:  # the signal arrives mid-step, for certain: the process sends it itself
+                os.kill(os.getpid(), int(sys.argv[1]))
+            time.sleep(0.1)  # the rest of the step
             print(f"step {i} finished", flush=True)
 except Interrupted as e:
     print(f"interrupted: {e}", flush=True)
@@ -76,14 +78,10 @@ except Interrupted as e:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_during_a_step_lets_the_step_finish_and_starts_no_other(signum):
-    process = subprocess.Popen([sys.executable, "-c", STEPPER], stdout=subprocess.PIPE, text=True)
-    lines = []
-    for line in process.stdout:
-        lines.append(line.strip())
-        if line.strip() == "step 2 started":
-            process.send_signal(signum)
-    assert process.wait(30) == 0
-    assert lines == [
+    done = subprocess.run([sys.executable, "-c", STEPPER, str(int(signum))], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
         "making batch 1", "step 1 started", "step 1 finished",
         "making batch 2", "step 2 started", "step 2 finished",
         f"interrupted: stopped by {signal.Signals(signum).name}",

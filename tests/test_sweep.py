@@ -18,13 +18,13 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.cli import cli
-from cifar_mlflow.config import DEFAULTS, TrainConfig
-from cifar_mlflow.grid import DEFAULT_AXES, config_key, expand
-from cifar_mlflow.sweep import command as sweep_command
-from cifar_mlflow.sweep_executors import Launch, launch
-from cifar_mlflow.sweep_runs import CONFIG_TAG, child_args
-from entrypoints.sweep import given
+from cifar_mlflow.cli import cli, given_arguments
+from cifar_mlflow.core.config import DEFAULTS, TrainConfig
+from cifar_mlflow.sweep.command import sweep as sweep_command
+from cifar_mlflow.sweep.executors import Launch, launch
+from cifar_mlflow.sweep.grid import DEFAULT_AXES, config_key, expand
+from cifar_mlflow.sweep.plan import child_args
+from cifar_mlflow.tracking.sweeps import CONFIG_TAG
 
 from .conftest import PROJECT_ROOT, free_port
 
@@ -33,7 +33,8 @@ STUDY = {
     ("resnet18", "gelu", "sgd"), ("resnet18", "relu", "momentum"), ("resnet18", "relu", "adam"),
     ("ghost_resnet18", "relu", "sgd"),
 }  # fmt: skip
-TINY = ("--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-system-metrics")
+TINY = ("--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-system-metrics",
+        "--train-limit", "20", "--test-limit", "10")  # a second or two per configuration
 
 
 def sweep(*args: str):
@@ -103,7 +104,7 @@ def test_repeated_options_are_a_product_grid_and_seeds_multiply_it(tracking):
     assert "8 configurations" in result.stdout
     assert "optimizer=sgd,adam x lr=0.1,0.01" in result.stdout
     planned = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("  run ")]
-    assert all(name.startswith("ghost_resnet18-relu-") for name in planned)
+    assert len(planned) == 8 and all(name.startswith("ghost_resnet18-relu-") for name in planned)
     assert sorted({name[-2:] for name in planned}) == ["s0", "s1"]
 
 
@@ -153,6 +154,7 @@ def test_the_example_grid_file_is_the_default_study(tracking):
 
 def test_an_unreachable_tracking_server_fails_fast(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("CIFAR_MLFLOW_SERVER_WAIT", "1")  # default 10 s: tests/test_cli_errors.py
     start = time.monotonic()
     result = sweep("--dry-run")
     assert result.exit_code == 1
@@ -193,9 +195,8 @@ def test_the_mlproject_sweep_entry_point_passes_every_parameter_as_a_sweep_optio
         assert param["default"] == "", name
         assert f"--{name.replace('_', '-')} {{{name}}}" in spec["command"], name
     # What the entry point hands on: parameters left at "" are not given at all.
-    assert given(["--grid", "", "--epochs", "1", "--dry-run", "true", "--seeds", ""]) == [
-        "--epochs", "1", "--dry-run"]  # fmt: skip
-    assert given(["--dry-run", "false"]) == []
+    assert given_arguments(["--grid", "", "--epochs", "1", "--dry-run", "true", "--seeds", ""]) == [
+        "--epochs", "1", "--dry-run", "true"]  # fmt: skip
 
 
 def test_a_child_that_dies_before_its_run_starts_leaves_it_failed_with_its_error(
@@ -336,7 +337,8 @@ def test_mlflow_run_sweep_makes_its_run_the_parent(tracking, mlflow_server, imag
         "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
     }
     params = {"grid": grid, "sweep_id": "mp", "data_dir": str(image_folder), "epochs": "1",
-              "batch_size": "16", "device": "cpu", "system_metrics": "false",
+              "batch_size": "16", "device": "cpu", "system_metrics": "false", "train_limit": "20",
+              "test_limit": "10",
               "output_dir": str(tmp_path / "report")}  # fmt: skip
     command = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "sweep",
                "--env-manager", "local", "--experiment-name", tracking]  # fmt: skip

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.cli import cli
-from cifar_mlflow.data import as_model_input, load_cifar10
+from cifar_mlflow.core.data import as_model_input, load_cifar10
 
 from .conftest import tiny_train_args
 
@@ -48,7 +48,7 @@ def test_train_records_everything(layout, request, tracking):
     assert params["train_images"] == "60" and params["val_images"] == "20"
     assert params["test_images"] == "40"
     assert params["data_source"].startswith(layout.split("_")[0].replace("image", "image-folder"))
-    assert params["torch_version"] == torch.__version__ and params["device"] == "cpu"
+    assert params["torch_version"] == torch.__version__ and params["device_used"] == "cpu"
     assert int(params["model_flops"]) > 0
     assert run.data.tags["model"] == "ghost_resnet18" and run.data.tags["optimizer"] == "sgd"
     for key in EPOCH_METRICS | {"val_loss", "val_acc"}:

@@ -1,0 +1,226 @@
+"""A study's runs as plain data: no MLflow, no drawing, so tests can fabricate them.
+
+A `RunRecord` is one training run (config, seed, metric histories). Runs that share a config
+except the seed form a `Configuration`; configurations that differ in exactly one factor
+(activation, optimizer or model) form a `Comparison`. `table_rows` and `seed_band` are the
+numbers the table and the charts show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.config import ACTIVATION_NAMES, CONFIG_KEYS, DEFAULTS, MODEL_NAMES, OPTIMIZERS
+
+FACTORS = ("activation", "optimizer", "model")
+# Known values in registry order: fixes the sort order of rows and each value's colour.
+FACTOR_VALUES = {"activation": ACTIVATION_NAMES, "optimizer": OPTIMIZERS, "model": MODEL_NAMES}
+TABLE_CONFIG_KEYS = ("model", "activation", "optimizer", "lr", "epochs")
+
+
+@dataclass(frozen=True)
+class Curve:
+    epochs: np.ndarray  # int, ascending
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, points: Mapping[int, float]) -> Curve:
+        """From {epoch: value}, in epoch order."""
+        epochs = sorted(points)
+        return cls(np.array(epochs, int), np.array([points[e] for e in epochs], float))
+
+
+EMPTY_CURVE = Curve(np.zeros(0, int), np.zeros(0))
+
+
+@dataclass(frozen=True, eq=False)
+class RunRecord:
+    """One training run as compare sees it; fabricated freely in tests."""
+
+    run_id: str
+    name: str
+    config: Mapping[str, str]  # CONFIG_KEYS as logged (strings); see effective_config
+    seed: int
+    model_params: int | None
+    history: Mapping[str, Curve]
+
+    def curve(self, key: str) -> Curve:
+        return self.history.get(key, EMPTY_CURVE)
+
+    @property
+    def best_test_acc(self) -> float:
+        return float(self.curve("test_acc").values.max())
+
+    @property
+    def best_epoch(self) -> int:
+        test = self.curve("test_acc")
+        return int(test.epochs[np.argmax(test.values)])  # the first epoch reaching the best
+
+    @property
+    def final_test_acc(self) -> float:
+        return float(self.curve("test_acc").values[-1])
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        seconds = self.curve("epoch_seconds").values
+        return float(seconds.mean()) if len(seconds) else float("nan")
+
+
+@dataclass(frozen=True, eq=False)
+class Configuration:
+    """The runs of one config, one per seed (or several: reruns count as more samples)."""
+
+    config: Mapping[str, str]
+    runs: tuple[RunRecord, ...]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def model_params(self) -> int | None:
+        return self.runs[0].model_params
+
+    def stat(self, of: str) -> tuple[float, float | None]:
+        """Mean and sample standard deviation over the runs of a RunRecord property (None: n=1)."""
+        values = np.array([getattr(r, of) for r in self.runs], float)
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison:
+    """Configurations that agree on everything but `factor`, in the factor's value order."""
+
+    factor: str
+    fixed: Mapping[str, str]
+    configurations: tuple[Configuration, ...]
+
+    def label(self, configuration: Configuration) -> str:
+        """The factor value, plus its settings where two lines share a value (momentum 0.9/0.99)."""
+        value = configuration.config[self.factor]
+        shared = sum(c.config[self.factor] == value for c in self.configurations) > 1
+        config = configuration.config
+        details = [f"{k} {config[k]}" for k in factor_settings(self.factor) if k in config]
+        return f"{value} ({', '.join(details)})" if shared and details else value
+
+
+def factor_settings(factor: str) -> tuple[str, ...]:
+    """Config keys that belong to a factor's value and vary with it."""
+    return ("momentum",) if factor == "optimizer" else ()
+
+
+def effective_config(params: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, str]:
+    """The config that defines what a run learns, spelled one way. `mlflow run` logs parameters as
+    typed ("1e-2", "40.0", "ResNet18"), so values are re-spelled through TrainConfig's types and
+    the factors are read from the run's tags (set from the parsed config). Momentum is dropped
+    unless the momentum optimizer is used: the others ignore it, so it must not split them."""
+    config = {k: _canonical(k, params[k]) for k in CONFIG_KEYS if k in params}
+    config.update({k: tags[k] for k in FACTORS if k in tags})
+    if config.get("optimizer") != "momentum":
+        config.pop("momentum", None)
+    return config
+
+
+def _canonical(key: str, value: str) -> str:
+    kind = type(getattr(DEFAULTS, key))
+    with contextlib.suppress(ValueError):
+        if kind is bool:
+            return str(value.strip().lower() in ("true", "1", "yes"))
+        if kind in (int, float):
+            return str(kind(float(value)))
+    return value
+
+
+def _sort_key(config: Mapping[str, str]) -> tuple:
+    def order(key: str, value: str) -> tuple:
+        known = FACTOR_VALUES.get(key, ())
+        if value in known:
+            return (0, known.index(value), "")
+        with contextlib.suppress(ValueError):
+            return (1, float(value), "")
+        return (2, 0.0, value)
+
+    columns = [*TABLE_CONFIG_KEYS, *sorted(set(CONFIG_KEYS) - set(TABLE_CONFIG_KEYS))]
+    return tuple(order(k, config[k]) if k in config else (3, 0.0, "") for k in columns)
+
+
+def group_configurations(runs: Iterable[RunRecord]) -> list[Configuration]:
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        groups[tuple(sorted(run.config.items()))].append(run)
+    configurations = [
+        Configuration(dict(key), tuple(sorted(members, key=lambda r: (r.seed, r.run_id))))
+        for key, members in groups.items()
+    ]
+    return sorted(configurations, key=lambda c: _sort_key(c.config))
+
+
+def find_comparisons(configurations: Iterable[Configuration], factor: str) -> list[Comparison]:
+    """Groups of at least two configurations that agree on every config value but `factor`."""
+    varying = {factor, *factor_settings(factor)}
+    groups: dict[tuple, list[Configuration]] = defaultdict(list)
+    for configuration in configurations:
+        fixed = {k: v for k, v in configuration.config.items() if k not in varying}
+        groups[tuple(sorted(fixed.items()))].append(configuration)
+    return [
+        Comparison(factor, dict(key), tuple(members))  # members keep the configurations' order
+        for key, members in groups.items()
+        if len(members) >= 2
+    ]
+
+
+def varying_keys(configurations: Iterable[Configuration]) -> list[str]:
+    """Config keys beyond TABLE_CONFIG_KEYS whose values differ between configurations."""
+    values: dict[str, set] = defaultdict(set)
+    for configuration in configurations:
+        for key in CONFIG_KEYS:
+            values[key].add(configuration.config.get(key))
+    return [k for k in CONFIG_KEYS if k not in TABLE_CONFIG_KEYS and len(values[k]) > 1]
+
+
+def table_rows(configurations: list[Configuration]) -> list[dict[str, object]]:
+    """One row per configuration, as numbers (accuracies are fractions); the CSV is these rows."""
+    rows = []
+    extra = varying_keys(configurations)
+    for configuration in configurations:
+        row: dict[str, object] = {
+            k: configuration.config.get(k, "") for k in (*TABLE_CONFIG_KEYS, *extra)
+        }
+        row["params"] = configuration.model_params
+        row["seeds"] = " ".join(str(s) for s in configuration.seeds)
+        row["runs"] = len(configuration.runs)
+        for stat in ("best_test_acc", "final_test_acc"):
+            row[f"{stat}_mean"], row[f"{stat}_std"] = configuration.stat(stat)
+        row["best_epoch_mean"] = configuration.stat("best_epoch")[0]
+        row["seconds_per_epoch_mean"] = configuration.stat("seconds_per_epoch")[0]
+        row["run_ids"] = " ".join(r.run_id for r in configuration.runs)
+        rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class Band:
+    """A metric over the seeds of one configuration: mean line, min-max band, run count."""
+
+    epochs: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n: int
+
+
+def seed_band(curves: list[Curve]) -> Band:
+    """Aggregate per epoch over the curves that reach it (an unfinished run stops early)."""
+    epochs = np.unique(np.concatenate([c.epochs for c in curves]))
+    table = np.full((len(curves), len(epochs)), np.nan)
+    for row, curve in zip(table, curves):
+        row[np.searchsorted(epochs, curve.epochs)] = curve.values
+    with np.errstate(all="ignore"):
+        return Band(
+            epochs, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0), len(curves)
+        )

@@ -1,0 +1,170 @@
+"""`cifar-mlflow sweep`'s work: a whole study in one command, resumable, here or on a Ray cluster.
+
+The grid (grid.py) is expanded into TrainConfigs; configurations an earlier invocation of the same
+sweep id finished are skipped (plan.py), the others are trained, each in its own process
+(executors.py) logging into a child run that the sweep created under its parent run
+(tracking.sweeps). At the end the compare report is logged to the parent run, which
+`compare --sweep ID` would also produce.
+
+A child that did not finish is rerun in the same run: `train` continues it from its last
+checkpoint (MLFLOW_RUN_ID), so a sweep stopped after epoch 30 of 40 loses at most one epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ..compare.job import run_compare
+from ..core.config import TrainConfig
+from ..core.errors import UserError
+from ..tracking import connection, sweeps
+from ..tracking.history import Selection, SelectionError
+from ..tracking.runs import JOB_TAG, SWEEP_TAG, RunSpec, tracked_run
+from .executors import (
+    Launch,
+    Outcome,
+    check_ray_address,
+    ray_session,
+    run_local,
+    run_ray,
+    trial_gpus,
+    visible_gpus,
+)
+from .grid import Grid, expand
+from .plan import Planned, child_args, make_plan, plan_lines
+from .progress import Board, Row, summary_table
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how the configurations train."""
+
+    executor: str = "local"
+    parallel: int | None = None  # local: 1; ray: as many as the cluster's resources allow
+    ray_address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: one where the cluster has GPUs
+
+
+def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str, dry_run: bool,
+              execution: Execution, output_dir: str) -> None:  # fmt: skip
+    uri = connection.connect()
+    on_ray = execution.executor == "ray"
+    if on_ray:
+        _check_ray(execution, uri)
+    experiment = sweeps.sweep_experiment(base.experiment, create=not dry_run)
+    name = experiment.name if experiment else base.experiment
+    configs = expand(dataclasses.replace(base, experiment=name), grid.axes, seeds)
+    parent, children = sweeps.earlier_runs(experiment, sweep_id)
+    plan = make_plan(configs, children)
+    todo = [p for p in plan if p.action != "skip"]
+    click.echo(
+        f"sweep {sweep_id}: {len(plan)} configurations ({len(todo)} to train) in experiment "
+        f"{name!r} on {uri}\n  grid ({grid.source}): {grid.describe_axes()}; seeds "
+        f"{', '.join(map(str, seeds))}"
+    )
+    click.echo("\n".join(plan_lines(plan)))
+    if dry_run:
+        click.echo("dry run: nothing was started")
+        return
+    if not todo and parent is not None and parent.info.status == "FINISHED":
+        click.echo(
+            f"nothing to train: every configuration has finished (parent run {parent.info.run_id})"
+        )
+        return
+    spec = RunSpec(
+        experiment=name, name=f"sweep-{sweep_id}", tags={SWEEP_TAG: sweep_id, JOB_TAG: sweeps.JOB},
+        params={"sweep.grid": grid.describe_axes()[:6000], "sweep.grid_source": grid.source,
+                "sweep.seeds": " ".join(map(str, seeds)), "sweep.configurations": len(plan),
+                **{f"base.{k}": v for k, v in base.as_params().items()}},
+        run_id=parent.info.run_id if parent else None,
+    )  # fmt: skip
+    devices = {p.config.device for p in todo}
+    with ray_session(execution.ray_address) if on_ray else contextlib.nullcontext():
+        gpus = trial_gpus(execution.gpus_per_trial, devices) if on_ray else 0.0
+        with tracked_run(spec) as parent_id:
+            sweeps.nest_launched_run(parent_id, sweep_id)
+            run_ids = sweeps.schedule_children(
+                experiment, parent_id, sweep_id,
+                [(p.key, p.config.run_name, p.previous) for p in todo],
+            )  # fmt: skip
+            launches = _launches(todo, run_ids, uri, experiment)
+            with Board([p.config.run_name for p in todo], [p.config.epochs for p in todo]) as board:
+                if on_ray:
+                    found = run_ray(launches, board, execution.cpus_per_trial, gpus,
+                                    execution.parallel, f"sweep-{sweep_id}")  # fmt: skip
+                else:
+                    gpu_ids = visible_gpus() if devices - {"cpu"} else []
+                    found = run_local(launches, board, execution.parallel or 1, gpu_ids)
+            rows = _rows(plan, {todo[i].key: outcome for i, outcome in found.items()})
+            click.echo(summary_table(rows))
+            if any(r.status == "FINISHED" for r in rows):
+                _compare_into(parent_id, name, sweep_id, output_dir)
+            failed = [r for r in rows if r.status != "FINISHED"]
+            if failed:  # the parent ends FAILED with this reason, and the sweep exits non-zero
+                raise UserError(
+                    f"{len(failed)} of {len(rows)} configurations did not finish: run the same "
+                    f"command with --sweep-id {sweep_id} to retry them"
+                )
+    click.echo(f"sweep {sweep_id} finished: parent run {parent_id}")
+
+
+def _launches(
+    todo: Sequence[Planned], run_ids: Sequence[str], uri: str, experiment
+) -> list[Launch]:
+    env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment.experiment_id,
+           "MLFLOW_EXPERIMENT_NAME": experiment.name}  # fmt: skip
+    return [
+        Launch(
+            index=i,
+            name=p.config.run_name,
+            run_id=run_id,
+            args=child_args(p.config),
+            env={**env, "MLFLOW_RUN_ID": run_id},
+            cwd=os.getcwd(),
+        )  # fmt: skip
+        for i, (p, run_id) in enumerate(zip(todo, run_ids))
+    ]
+
+
+def _check_ray(execution: Execution, uri: str) -> None:
+    if execution.ray_address and not connection.is_http(uri):
+        raise UserError(
+            f"trials on a Ray cluster cannot reach {uri}: set MLFLOW_TRACKING_URI to a tracking "
+            "server (http://...)"
+        )
+    check_ray_address(execution.ray_address)
+
+
+def _rows(plan: Sequence[Planned], outcomes: Mapping[str, Outcome]) -> list[Row]:
+    rows = []
+    for p in plan:
+        if p.action == "skip":
+            run = p.previous
+            rows.append(Row(p.config.run_name, "FINISHED", run.data.metrics.get("best_test_acc"),
+                            None, run.info.run_id, earlier=True))  # fmt: skip
+        else:
+            o = outcomes.get(p.key, Outcome("not run", reason="the executor lost it"))
+            rows.append(
+                Row(p.config.run_name, o.status, o.best_test_acc, o.seconds, o.run_id, o.reason)
+            )
+    return rows
+
+
+def _compare_into(parent_id: str, experiment: str, sweep_id: str, output_dir: str) -> None:
+    try:
+        _, counts = run_compare(Selection(experiment, sweep=sweep_id), output_dir, into_run=parent_id)
+    except SelectionError as e:
+        click.echo(f"no compare report: {e}", err=True)
+        return
+    click.echo(
+        f"compare report ({counts['runs']} runs, {counts['configurations']} configurations): "
+        f"{Path(output_dir) / 'report.md'}, logged to parent run {parent_id}"
+    )

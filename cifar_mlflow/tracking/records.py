@@ -1,0 +1,70 @@
+"""What a command records into its own run besides its params and tags: metrics, files (each
+uploaded as soon as it is whole), figures and tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+UPLOAD_THREADS = 2
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def log_folder(run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+    MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
+
+
+def log_figure(run_id: str, figure: Figure, artifact_file: str) -> None:
+    MlflowClient().log_figure(run_id, figure, artifact_file)
+
+
+def log_table(run_id: str, table: Mapping[str, list], artifact_file: str) -> None:
+    # The fluent call, not the client's: it also tags the run so that mlflow.load_table finds it.
+    mlflow.log_table(dict(table), artifact_file, run_id=run_id)
+
+
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+class Uploads:
+    """Files under `root` logged to `run_id` in the background, at their path relative to
+    `root`, so uploading (server-bound) overlaps whatever makes the next file (CPU-bound).
+    Leaving the block waits for every upload; the first that failed raises."""
+
+    def __init__(self, run_id: str, root: Path):
+        self.run_id, self.root = run_id, root
+        self.client = MlflowClient()
+        self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
+        self._pending: list[Future] = []
+
+    def __call__(self, path: Path) -> None:
+        where = path.parent.relative_to(self.root).as_posix()
+        artifact_path = None if where == "." else where
+        self._pending.append(
+            self._pool.submit(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        )
+
+    def __enter__(self) -> Uploads:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+        if exc_type is None:
+            for upload in self._pending:
+                upload.result()
+

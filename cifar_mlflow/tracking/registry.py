@@ -1,0 +1,137 @@
+"""The model registry: the runs that may become a family's champion, and registering one.
+
+Registering is all-or-nothing: the version is created with its tags in one call, the alias is
+set next, and if either step fails the new version (and a registered model created for it) is
+deleted again. Registering the run a version already holds adds no version.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ..core.errors import UserError
+from .runs import FAILURE_TAG, FINISHED
+
+# The registry's rules for an alias (MLflow's model registry documentation): letters, digits,
+# '_' and '-', at most 255 characters; "latest" and "v<number>" are reserved. Checked before
+# any work is done; should MLflow's rule be stricter, registering fails and rolls back.
+ALIAS = re.compile(r"^[\w-]{1,255}$")
+RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+
+
+class RegistryError(UserError):
+    """No run qualifies, or the registry refused a step; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    alias: str
+    created: bool  # False when an existing version already held this run
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}"
+
+
+def check_alias(alias: str) -> None:
+    if not ALIAS.match(alias):
+        raise RegistryError(
+            f"--alias {alias!r} cannot be used: use letters, digits, '_' and '-' (at most 255)"
+        )
+    if RESERVED_ALIAS.match(alias):
+        raise RegistryError(
+            f"--alias {alias!r} cannot be used: 'latest' and 'v<number>' are reserved by the "
+            "registry"
+        )
+
+
+def candidate_runs(experiment: str, model: str, extra_filter: str = "") -> list[Run]:
+    """The FINISHED runs of `model` in `experiment` that did not fail (a diverged run is FAILED
+    and tagged failure_reason), narrowed by an MLflow search filter."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise RegistryError(
+            f"experiment {experiment!r} does not exist: train into it first "
+            f"(cifar-mlflow train --experiment {experiment}) or pass the right --experiment"
+        )
+    query = f"tags.model = '{model}' and attributes.status = '{FINISHED}'"
+    if extra_filter.strip():
+        query += f" and {extra_filter}"
+    try:
+        runs = mlflow.search_runs([found.experiment_id], query, output_format="list")
+    except MlflowException as e:
+        raise RegistryError(
+            f"--filter {extra_filter!r} is not a valid MLflow filter: {e.message}"
+        ) from None
+    return [r for r in runs if FAILURE_TAG not in r.data.tags]
+
+
+def register(model_uri: str, run_id: str, name: str, alias: str,
+             tags: Mapping[str, str]) -> Registration:  # fmt: skip
+    """Point `name@alias` at the model of `run_id`, adding a version only when no version of
+    `name` holds that run yet (so registering the same champion twice adds nothing)."""
+    client = MlflowClient()
+    existing = _version_of_run(client, name, run_id)
+    if existing is not None:
+        try:
+            client.set_registered_model_alias(name, alias, existing)
+        except MlflowException as e:
+            raise RegistryError(
+                f"the model registry refused alias {alias!r} for {name} version {existing}: "
+                f"{e.message}"
+            ) from None
+        return Registration(name, existing, alias, created=False)
+
+    model_existed = _registered_model_exists(client, name)
+    version = None
+    try:
+        version = mlflow.register_model(model_uri, name, tags=dict(tags)).version
+        client.set_registered_model_alias(name, alias, version)
+    except BaseException as e:
+        _roll_back(client, name, version, delete_model=not model_existed)
+        if isinstance(e, MlflowException):
+            raise RegistryError(f"registering run {run_id} as {name!r} failed "
+                                f"(nothing was registered): {e.message}") from None  # fmt: skip
+        raise
+    return Registration(name, str(version), alias, created=True)
+
+
+def tag_version(registration: Registration, key: str, value: str) -> None:
+    MlflowClient().set_model_version_tag(registration.name, registration.version, key, value)
+
+
+def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
+    # Filtering on run_id only: run ids are hex, while registered names may hold quotes.
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    matching = [v.version for v in versions if v.name == name]
+    return str(min(matching, key=int)) if matching else None
+
+
+def _registered_model_exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise RegistryError(f"cannot read registered model {name!r}: {e.message}") from None
+
+
+def _roll_back(client: MlflowClient, name: str, version: str | None, delete_model: bool) -> None:
+    """Best effort: the original error is the one worth reporting."""
+    try:
+        if delete_model:
+            client.delete_registered_model(name)  # deletes its versions too
+        elif version is not None:
+            client.delete_model_version(name, version)
+    except MlflowException:
+        pass

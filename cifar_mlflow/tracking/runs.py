@@ -1,0 +1,186 @@
+"""The run lifecycle, written once for every command that records an MLflow run (train, compare,
+export, the sweep's parent; a sweep's children are trainings and so use it too).
+
+`tracked_run` opens the run (a run to continue, else the one `mlflow run` created for this
+process, else a new one), logs its tags and the params it does not hold yet, and ends it:
+FINISHED when the block completes, FAILED with a `failure_reason` tag on an error, KILLED on
+SIGINT/SIGTERM (core.signals turns both into a KeyboardInterrupt). A run is never left RUNNING
+while the server can be reached. `end_abandoned` ends a run whose own process could not (killed
+hard): the sweep uses it for its children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import mlflow
+from mlflow.entities import Experiment, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ..core.errors import UserError
+from .connection import TrackingError, tracking_uri
+
+FAILURE_TAG = "failure_reason"  # on FAILED and KILLED runs: why the run did not finish
+JOB_TAG = "job"  # what made a run other than a training: compare, export, sweep
+SWEEP_TAG = "sweep_id"  # the sweep a run belongs to (its parent and its children)
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # MLflow's RunStatus names
+UNFINISHED = ("RUNNING", "SCHEDULED")
+# MLflow retries a failed request for ~4 minutes (7 retries, backoff 2 s doubling). Right while
+# working, wrong on the way out after a failure, when the server may be what failed.
+QUICK_EXIT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The run a command records into: `run_id` if given (a run to continue), else the run
+    `mlflow run` created for this process (MLFLOW_RUN_ID), else a new run `name` in
+    `experiment`. `tags` are set and `params` logged except those the run already holds
+    (`mlflow run` logs its parameters as typed, "1e-2", and MLflow refuses a second spelling)."""
+
+    experiment: str
+    name: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, object] = field(default_factory=dict)
+    run_id: str | None = None
+    system_metrics: bool = False
+
+
+@contextlib.contextmanager
+def tracked_run(spec: RunSpec) -> Iterator[str]:
+    """Open the run `spec` names, yield its id, and end it as the module docstring says."""
+    if spec.system_metrics:
+        mlflow.enable_system_metrics_logging()
+    else:
+        mlflow.disable_system_metrics_logging()
+    run_id = _start(spec).info.run_id
+    try:
+        _record_start(run_id, spec)
+        yield run_id
+    except KeyboardInterrupt as e:
+        _end_active(KILLED, e)
+        e.add_note(f"run {run_id} is marked KILLED")
+        raise
+    except BaseException as e:
+        _end_active(FAILED, e)
+        raise
+    mlflow.end_run(FINISHED)
+
+
+def _start(spec: RunSpec) -> mlflow.ActiveRun:
+    run_id = spec.run_id or launched_run_id()
+    if run_id:
+        # The fluent API refuses a run outside its active experiment (this process may have
+        # worked in another one before): continue in the run's own.
+        mlflow.set_experiment(experiment_id=get_run(run_id).info.experiment_id)
+        return mlflow.start_run(run_id=run_id)
+    # Not set_experiment(name): it exports MLFLOW_EXPERIMENT_ID into this process's environment,
+    # which every process started later (a sweep's children, `mlflow run`) would inherit.
+    return mlflow.start_run(experiment_id=experiment_id(spec.experiment), run_name=spec.name)
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created if it does not exist. Several processes may create
+    it at once (tests/test_concurrency.py): the one that loses the race reads the winner's."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)
+    return usable(found).experiment_id
+
+
+def usable(experiment: Experiment) -> Experiment:
+    """`experiment`, unless it is deleted (MLflow keeps its name taken)."""
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"experiment {experiment.name!r} is deleted: restore it in the MLflow UI, or choose "
+            "another name"
+        )
+    return experiment
+
+
+def _record_start(run_id: str, spec: RunSpec) -> None:
+    """Tags, the params not logged yet, and no failure reason left from an earlier attempt."""
+    client = MlflowClient()
+    held = client.get_run(run_id).data
+    params = [Param(k, str(v)) for k, v in spec.params.items() if k not in held.params]
+    tags = [RunTag(k, str(v)) for k, v in spec.tags.items()]
+    if params or tags:
+        client.log_batch(run_id, params=params, tags=tags)
+    if FAILURE_TAG in held.tags:
+        client.delete_tag(run_id, FAILURE_TAG)
+
+
+def _end_active(status: str, error: BaseException) -> None:
+    """Best effort and quick: when the server is what failed, the error that brought us here is
+    the one to report."""
+    with _env(QUICK_EXIT_RETRIES):
+        try:
+            mlflow.set_tag(FAILURE_TAG, failure_reason(error))
+        except Exception as e:
+            _log.warning("could not tag the run with its failure reason (%s)", type(e).__name__)
+        try:
+            mlflow.end_run(status)  # leaves the active run even if it raises
+        except Exception as e:
+            _log.warning("could not mark the run %s (%s)", status, type(e).__name__)
+
+
+def end_abandoned(client: MlflowClient, run_id: str, reason: str) -> str:
+    """End a run its own process left unfinished (killed hard, or dead before it attached):
+    FAILED with `reason`. A run that did end keeps its status. Returns the run's status."""
+    status = client.get_run(run_id).info.status
+    if status in UNFINISHED:
+        client.set_tag(run_id, FAILURE_TAG, reason)
+        client.set_terminated(run_id, FAILED)
+        status = FAILED
+    return status
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line, short enough for a tag: our own errors say what happened; others get their type."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not isinstance(error, (UserError, KeyboardInterrupt)):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return (text or "interrupted")[:500]
+
+
+def launched_run_id() -> str | None:
+    """The run `mlflow run` created (or relaunched, with --run-id) for this process."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def get_run(run_id: str) -> Run:
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise TrackingError(
+            f"no run {run_id} on {tracking_uri()}: check the id (printed when a run starts) and "
+            "MLFLOW_TRACKING_URI"
+        ) from None
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,72 @@
+"""What a training run records beyond its epochs (the outbox sends those): the run itself, the
+facts of the run (device, data, model size), the summary at the end, and the config read back
+to resume it."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+
+import mlflow
+import torch
+
+from ..core.config import TrainConfig
+from ..core.engine import EpochMetrics
+from .connection import TrackingError
+from .runs import RunSpec, get_run
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+FACTOR_TAGS = ("model", "activation", "optimizer")  # compare and export select runs on these
+
+
+def training_run(config: TrainConfig, run_id: str | None = None) -> RunSpec:
+    """The run a training records into: `run_id` (being resumed), else as RunSpec decides."""
+    return RunSpec(
+        experiment=config.experiment,
+        name=config.run_name,
+        tags={k: getattr(config, k) for k in FACTOR_TAGS},
+        params={**config.as_params(), "torch_version": torch.__version__,
+                "git_commit": git_commit()},
+        run_id=run_id,
+        system_metrics=config.system_metrics,
+    )  # fmt: skip
+
+
+def log_facts(facts: dict[str, object]) -> None:
+    """The facts of this run (device, data source, image counts, model size) as params, and
+    the model's size as metrics too, so the UI can chart and sort by them."""
+    mlflow.log_params(facts)
+    mlflow.log_metrics({k: float(facts[k]) for k in ("model_params", "model_flops") if k in facts})
+
+
+def log_summary(history: list[EpochMetrics]) -> None:
+    summary = {"best_test_acc": max(m.test_acc for m in history)}
+    val = [m.val_acc for m in history if m.val_acc is not None]
+    if val:
+        summary["best_val_acc"] = max(val)
+    mlflow.log_metrics(summary, step=history[-1].epoch)
+
+
+def logged_config(run_id: str) -> TrainConfig:
+    """The TrainConfig a run was started with, read back from its params."""
+    params = get_run(run_id).data.params
+    parse = {"str": str, "int": lambda s: int(float(s)), "float": float,
+             "bool": lambda s: s.lower() == "true"}  # fmt: skip
+    try:
+        return TrainConfig(**{f.name: parse[f.type](params[f.name]) for f in fields(TrainConfig)})
+    except (KeyError, ValueError) as e:
+        raise TrackingError(
+            f"run {run_id} was not recorded by `cifar-mlflow train` (param {e} missing or "
+            "unreadable): it cannot be resumed"
+        ) from None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"

@@ -1,0 +1,1 @@
+"""`cifar-mlflow train`: one model trained (core) and recorded in MLflow (tracking)."""

@@ -1,0 +1,74 @@
+"""`cifar-mlflow train`: its options, made from core.config's choices and defaults and nothing
+heavier, so `--help` loads neither torch nor MLflow. The sweep takes the same options
+(`CONFIG_OPTIONS`), once or repeated."""
+
+from __future__ import annotations
+
+import click
+from click.core import ParameterSource
+
+from ..core import config as cfg
+from ..core.config import DEFAULTS, TrainConfig
+from ..options import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, choice
+
+
+def _option(name: str, **kwargs) -> click.Option:
+    """A TrainConfig field as an option, with the field's default."""
+    return click.Option([f"--{name.replace('_', '-')}"], default=getattr(DEFAULTS, name),
+                        show_default=True, **kwargs)  # fmt: skip
+
+
+# One option per TrainConfig field, in its order: the options that make a config.
+CONFIG_OPTIONS = [
+    _option("model", type=choice(cfg.MODEL_NAMES)),
+    _option("activation", type=choice(cfg.ACTIVATION_NAMES)),
+    _option("optimizer", type=choice(cfg.OPTIMIZERS), help="sgd; momentum: SGD with --momentum; adam"),
+    _option("lr", type=POSITIVE_FLOAT),
+    _option("momentum", type=NON_NEGATIVE_FLOAT),
+    _option("weight_decay", type=NON_NEGATIVE_FLOAT),
+    _option("epochs", type=POSITIVE_INT),
+    _option("batch_size", type=POSITIVE_INT),
+    _option("seed", type=NON_NEGATIVE_INT),
+    _option("data_dir", help="torchvision's CIFAR-10 files (downloaded when absent) or "
+                             "train/<class>/ + test/<class>/ images"),
+    _option("train_limit", type=NON_NEGATIVE_INT,
+            help="keep the first N/10 training images of each class (0: all)"),
+    _option("test_limit", type=NON_NEGATIVE_INT,
+            help="keep the first N/10 test images of each class (0: all)"),
+    _option("val_size", type=NON_NEGATIVE_INT,
+            help="hold out N training images (stratified, seeded) for validation"),
+    _option("schedule", type=choice(cfg.SCHEDULES)),
+    _option("device", type=choice(cfg.DEVICES)),
+    _option("precision", type=choice(cfg.PRECISIONS), help="auto: bf16 autocast on CUDA, fp32 on CPU"),
+    _option("compile", type=click.BOOL, is_flag=False, flag_value="true",
+            help="train through torch.compile (`--compile` alone means true)"),
+    _option("experiment", help="MLflow experiment (ignored under `mlflow run`, which chooses it)"),
+    _option("system_metrics", type=click.BOOL,
+            help="log CPU, memory and GPU utilisation alongside the run"),
+]  # fmt: skip
+NO_SYSTEM_METRICS = click.Option(["--no-system-metrics", "system_metrics"], flag_value=False,
+                                 help="same as --system-metrics false")  # fmt: skip
+RESUME = click.Option(["--resume"], metavar="RUN_ID", default=None,
+                      help="continue this run after its last completed epoch, with its own settings")  # fmt: skip
+
+
+@click.command(params=[*CONFIG_OPTIONS, NO_SYSTEM_METRICS, RESUME])
+@click.pass_context
+def train(ctx: click.Context, resume: str | None, **options) -> None:
+    """Train one model on CIFAR-10 and record it in MLflow."""
+    from .job import resumed_config, run_training
+    from .progress import EpochReporter
+
+    if resume:
+        given = [n for n in options if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(
+                f"--resume continues a run with the settings it started with: drop "
+                f"--{given[0].replace('_', '-')}"
+            )
+        config = resumed_config(resume)
+    else:
+        config = TrainConfig(**options)
+    reporter = EpochReporter(config.epochs)
+    run_id = run_training(config, reporter.on_epoch, reporter.wrap, reporter.on_start, resume=resume)
+    click.echo(f"run {run_id} finished")

@@ -1,0 +1,146 @@
+"""One tracked training run: load the data, train, and record it all in MLflow.
+
+Order matters for failures: the config is validated by the CLI, then the tracking server and the
+data are checked, and only then is a run opened, so bad input never leaves a run behind.
+
+Crash safety (docs/reliability.md): after every epoch the whole training state is saved and
+handed to the outbox, which sends it with the epoch's metrics; a resumed run (`resume`, or the
+run `mlflow run` relaunches) restores the last checkpoint and trains only the epochs after it.
+SIGINT and SIGTERM stop the run after the current training step and mark it KILLED.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from ..core import checkpoint
+from ..core.config import TrainConfig
+from ..core.data import MEAN, STD, Cifar10, as_model_input, load_cifar10
+from ..core.engine import BatchWrapper, EpochMetrics, Trainer, forward_flops, resolve_device
+from ..core.errors import UserError
+from ..core.models import Normalized
+from ..core.signals import Interrupted, StopOnSignal
+from ..tracking import connection, training
+from ..tracking.models import log_trained_model
+from ..tracking.outbox import CHECKPOINT_FILE, Outbox, download_last_checkpoint, log_missing_epochs
+from ..tracking.runs import launched_run_id, tracked_run
+
+
+def resumed_config(run_id: str) -> TrainConfig:
+    """The settings a run was started with, so `--resume RUN_ID` needs no others."""
+    connection.connect()
+    return training.logged_config(run_id)
+
+
+def run_training(
+    config: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
+    wrap: BatchWrapper | None = None,
+    on_start: Callable[[str, dict], None] = lambda run_id, facts: None,
+    resume: str | None = None,
+) -> str:
+    """Train as `config` says and return the MLflow run id. With `resume` (a run id), or when
+    `mlflow run` relaunches a run (MLFLOW_RUN_ID) that has a checkpoint, continue that run after
+    its last checkpoint instead of starting over."""
+    with StopOnSignal() as stop, tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
+        workdir = Path(tmp)
+        device = resolve_device(config.device)
+        connection.connect()
+        run_id = _run_to_continue(resume)
+        state = (
+            _saved_state(run_id, resume is not None, config, device, workdir) if run_id else None
+        )
+        data = load_cifar10(
+            config.data_dir, config.train_limit, config.test_limit, config.val_size, config.seed
+        )
+        opened: str | None = None
+        saved = 0  # epochs whose checkpoint is written
+        try:
+            with tracked_run(training.training_run(config, run_id)) as opened:
+                trainer = Trainer(config, data, device)
+                done = checkpoint.restore(trainer, state) if state else []
+                facts = _facts(trainer, data)
+                saved = len(done)
+                if done:
+                    log_missing_epochs(opened, done)
+                else:
+                    training.log_facts(facts)
+                on_start(opened, facts)
+
+                with Outbox(opened) as outbox:
+
+                    def record(metrics: EpochMetrics) -> None:
+                        nonlocal saved
+                        done.append(metrics)
+                        path = workdir / f"epoch-{metrics.epoch}" / CHECKPOINT_FILE
+                        checkpoint.save(checkpoint.capture(trainer, done), path)
+                        saved = metrics.epoch
+                        outbox.put(metrics.epoch, path, metrics.as_metrics())
+                        on_epoch(metrics)
+
+                    def steps(batches, epoch: int) -> Iterable:
+                        return stop.steps(wrap(batches, epoch) if wrap else batches)
+
+                    result = trainer.fit(record, steps, done)
+                training.log_summary(result.history)
+                log_trained_model(
+                    Normalized(result.model, MEAN, STD), as_model_input(data.test.images[:2])
+                )
+        except Interrupted as e:
+            if opened:
+                e.add_note(_resume_hint(opened, saved))
+            raise
+        return opened
+
+
+def _facts(trainer: Trainer, data: Cifar10) -> dict[str, object]:
+    """What this run is, beyond its config: where it trains, on what, and how big the model is."""
+    return {
+        "device_used": str(trainer.device),
+        "precision_used": trainer.precision,
+        "data_source": data.source,
+        "train_images": len(data.train),
+        "val_images": len(data.val) if data.val else 0,
+        "test_images": len(data.test),
+        "model_params": trainer.num_parameters,
+        "model_flops": forward_flops(trainer.model, trainer.device),
+    }
+
+
+def _resume_hint(run_id: str, epochs_saved: int) -> str:
+    if not epochs_saved:
+        return "it has no checkpoint yet, so it cannot be resumed"
+    return (
+        f"its checkpoint holds epoch {epochs_saved}: continue it with "
+        f"`cifar-mlflow train --resume {run_id}`"
+    )
+
+
+def _run_to_continue(resume: str | None) -> str | None:
+    launched = launched_run_id()
+    if resume and launched and resume != launched:
+        raise UserError(
+            f"--resume {resume} conflicts with MLFLOW_RUN_ID={launched}: give one run to continue"
+        )
+    return resume or launched
+
+
+def _saved_state(
+    run_id: str, required: bool, config: TrainConfig, device: torch.device, workdir: Path
+) -> dict | None:
+    path = download_last_checkpoint(run_id, workdir)
+    if path is None:
+        if required:
+            raise UserError(
+                f"run {run_id} has no checkpoint: it stopped during its first epoch; start a "
+                "new run instead"
+            )
+        return None  # a run that `mlflow run` has just created
+    state = checkpoint.load(path)
+    checkpoint.check_matches(state, config, device)
+    path.unlink()
+    return state

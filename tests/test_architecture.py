@@ -1,0 +1,207 @@
+"""The layout docs/architecture.md describes is the layout the code has: its table of packages is
+read here and every import in the package is checked against it, with the rules that go with it
+(MLflow only in tracking, core free of click and printing, no private names across modules or of
+other libraries). The fast CLI is checked in a fresh interpreter (compare, run for real without
+torch: tests/test_compare.py)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import PROJECT_ROOT
+
+PACKAGE = PROJECT_ROOT / "cifar_mlflow"
+DOC = PROJECT_ROOT / "docs" / "architecture.md"
+TOP_LEVEL = {"cli.py": "cli", "__main__.py": "cli", "options.py": "options"}
+MLFLOW_ALLOWED = {"tracking", "testing"}  # the one MLflow layer, and the tests' helpers
+
+
+def layers() -> dict[str, tuple[str, set[str]]]:
+    """{package: (what it holds, packages it may import)} from the doc's table."""
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \| (.+?) \|$", DOC.read_text(), re.MULTILINE)
+    return {
+        name: (holds, set() if below.strip() == "—" else {p.strip() for p in below.split(",")})
+        for name, holds, below in rows
+    }
+
+
+def package_of(path: Path) -> str | None:
+    relative = path.relative_to(PACKAGE)
+    if len(relative.parts) == 1:
+        return TOP_LEVEL.get(relative.name)  # None: the root __init__.py
+    return relative.parts[0]
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # absolute
+    names: tuple[str, ...]
+    line: int
+    type_only: bool  # under `if TYPE_CHECKING:`
+
+
+def imports(path: Path) -> list[Import]:
+    tree = ast.parse(path.read_text())
+    dotted = ".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts)
+    here = dotted if path.name == "__init__.py" else dotted.rpartition(".")[0]
+    type_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for statement in block.body
+        for node in ast.walk(statement)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.append(Import(alias.name, (), node.lineno, id(node) in type_only))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = here.split(".")[: len(here.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            names = tuple(a.name for a in node.names)
+            found.append(Import(base, names, node.lineno, id(node) in type_only))
+    return found
+
+
+def internal_package(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "cifar_mlflow" or len(parts) == 1:
+        return None
+    return TOP_LEVEL.get(parts[1] + ".py", parts[1])
+
+
+def test_the_doc_lists_every_package_and_module():
+    documented = layers()
+    packages = {package_of(p) for p in modules()} - {None}
+    assert set(documented) == packages
+    for path in modules():
+        if path.name != "__init__.py" and package_of(path):
+            holds, _ = documented[package_of(path)]
+            assert f"`{path.name}`" in holds, f"{path.relative_to(PROJECT_ROOT)} is not in {DOC}"
+
+
+def test_every_import_goes_to_a_layer_below_or_the_same_package():
+    documented = layers()
+    broken = []
+    for path in modules():
+        package = package_of(path)
+        if package is None:
+            continue
+        allowed = documented[package][1] | {package}
+        for found in imports(path):
+            target = internal_package(found.module)
+            if found.module == "cifar_mlflow":  # e.g. `from cifar_mlflow import __version__`
+                target = {TOP_LEVEL.get(f"{n}.py", n) for n in found.names} - {"__version__"}
+                target = next(iter(target), None)
+            if target and target not in allowed:
+                broken.append(f"{path.relative_to(PROJECT_ROOT)}:{found.line} {package} -> {target}")
+    assert broken == []
+
+
+def test_mlflow_is_imported_only_by_the_tracking_layer():
+    outside = [
+        f"{path.relative_to(PROJECT_ROOT)}:{found.line}"
+        for path in modules()
+        if package_of(path) not in MLFLOW_ALLOWED
+        for found in imports(path)
+        if found.module.split(".")[0] == "mlflow" and not found.type_only
+    ]
+    assert outside == []
+
+
+def test_core_knows_no_click_and_prints_nothing():
+    for path in (PACKAGE / "core").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        assert {i.module.split(".")[0] for i in imports(path)} & {"click", "tqdm", "mlflow"} == set()
+        calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "print" not in calls, path
+        streams = {ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert not streams & {"sys.stdout", "sys.stderr"}, path
+
+
+def private_uses(path: Path) -> list[str]:
+    """`from m import _x`, `import a._b`, and `obj._x` where obj is not self or cls."""
+    tree = ast.parse(path.read_text())
+    where = path.relative_to(PROJECT_ROOT)
+    found = [
+        f"{where}:{i.line} imports {name} from {i.module}"
+        for i in imports(path)
+        for name in (*i.names, *i.module.split("."))
+        if name.startswith("_") and not name.startswith("__")
+    ]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = node.value
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                found.append(f"{where}:{node.lineno} uses {ast.unparse(node)}")
+    return found
+
+
+def test_no_module_uses_another_modules_or_librarys_private_names():
+    checked = [*modules(), *(PROJECT_ROOT / "entrypoints").glob("*.py"), *(PROJECT_ROOT / "bench").glob("*.py")]
+    assert [use for path in checked for use in private_uses(path)] == []
+
+
+def test_the_private_name_check_catches_what_it_is_for(tmp_path):
+    sample = PACKAGE / "core" / "_sample_for_test.py"
+    sample.write_text(
+        "from mlflow.utils.validation import _validate_model_alias_name\n"
+        "import torch._dynamo\n"
+        "def f(option, self):\n    return option._flag_needs_value, self._fine\n"
+    )
+    try:
+        uses = private_uses(sample)
+    finally:
+        sample.unlink()
+    assert len(uses) == 3, uses  # the import, the private module, the attribute; not self._fine
+
+
+def test_entry_points_are_one_line_of_delegation():
+    for path in (PROJECT_ROOT / "entrypoints").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        [imported] = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
+        assert (imported.module, [a.name for a in imported.names]) == (
+            "cifar_mlflow.cli", ["mlproject_entry_point"]
+        ), path
+        [guard] = [n for n in tree.body if isinstance(n, ast.If)]
+        [call] = guard.body
+        assert ast.unparse(call) == f"mlproject_entry_point({path.stem!r})", path
+
+
+def test_benchmarks_do_not_import_the_tests():
+    for path in (PROJECT_ROOT / "bench").glob("*.py"):
+        assert not [i for i in imports(path) if i.module.split(".")[0] == "tests"], path
+
+
+def loaded_by(code: str) -> set[str]:
+    """Top-level packages a fresh interpreter has imported after running `code`."""
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True, text=True, check=True, cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    return {name.split(".")[0] for name in out.stdout.split()}
+
+
+@pytest.mark.parametrize("command", ["", "train", "compare", "sweep", "export", "predict"])
+def test_help_loads_neither_torch_nor_mlflow(command):
+    args = [command, "--help"] if command else ["--help"]
+    code = (
+        "import contextlib, io\nfrom cifar_mlflow.cli import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        f"    cli({args!r}, prog_name='cifar-mlflow')"
+    )
+    assert loaded_by(code) & {"torch", "mlflow"} == set()
