@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from cifar_mlflow.core.data import MEAN, STD, Split
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
+
+from cifar_mlflow.core.data import MEAN, STD, Split
 
 
 class PilCifar(Dataset):

@@ -37,6 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from bench import baseline, report  # noqa: E402
+from bench.throughput import throughput  # noqa: E402
+from bench.timing import environment  # noqa: E402
+from bench.workload import config_for, load  # noqa: E402
 from cifar_mlflow.core.config import DEFAULTS  # noqa: E402
 from cifar_mlflow.core.engine import (  # noqa: E402
     Trainer,
@@ -46,11 +51,6 @@ from cifar_mlflow.core.engine import (  # noqa: E402
 )
 from cifar_mlflow.core.errors import UserError  # noqa: E402
 from cifar_mlflow.core.models import MODELS  # noqa: E402
-
-from bench import baseline, report  # noqa: E402
-from bench.throughput import throughput  # noqa: E402
-from bench.timing import environment  # noqa: E402
-from bench.workload import config_for, load  # noqa: E402
 
 DATA_DIR = "/work/shared/data/cifar10-jpeg"
 RESULTS = ROOT / "bench" / "results"

@@ -11,9 +11,6 @@ import statistics
 import time
 
 import torch
-from cifar_mlflow.core.batches import DeviceBatches
-from cifar_mlflow.core.data import Cifar10
-from cifar_mlflow.core.engine import Trainer, build_optimizer, forward_flops
 from torch import nn
 
 from bench import baseline, report
@@ -26,6 +23,9 @@ from bench.timing import (
     summary,
 )
 from bench.workload import Block, config_for, endless, load
+from cifar_mlflow.core.batches import DeviceBatches
+from cifar_mlflow.core.data import Cifar10
+from cifar_mlflow.core.engine import Trainer, build_optimizer, forward_flops
 
 PIPELINE_BATCHES = 30
 

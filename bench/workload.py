@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
+
 from cifar_mlflow.core.config import TrainConfig
 from cifar_mlflow.core.data import Cifar10, load_cifar10
 

@@ -205,3 +205,41 @@ def test_help_loads_neither_torch_nor_mlflow(command):
         f"    cli({args!r}, prog_name='cifar-mlflow')"
     )
     assert loaded_by(code) & {"torch", "mlflow"} == set()
+
+
+def test_runs_are_opened_only_by_the_lifecycle():
+    """Every command's run goes through tracking.runs.tracked_run, so each ends FINISHED, FAILED
+    or KILLED the same way (a sweep's children are created SCHEDULED by tracking.sweeps, and
+    attach to the lifecycle in their own `train` process)."""
+    openers = {"start_run": {"tracking/runs.py"}, "create_run": {"tracking/sweeps.py"}}
+    for path in modules():
+        where = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in openers:
+                assert where in openers[node.attr] or package_of(path) == "testing", (where, node.attr)
+
+
+def test_every_library_the_package_imports_is_a_declared_dependency():
+    import importlib.metadata
+
+    import tomllib
+
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
+    optional = {
+        re.split(r"[<>=\[ ;]", d)[0].lower() for extra in project["optional-dependencies"].values()
+        for d in extra
+    }  # fmt: skip
+    distributions = importlib.metadata.packages_distributions()
+    missing = set()
+    for path in modules():
+        if package_of(path) == "testing":
+            continue
+        for found in imports(path):
+            top = found.module.split(".")[0]
+            if top in sys.stdlib_module_names or top == "cifar_mlflow" or found.type_only:
+                continue
+            names = {d.lower() for d in distributions.get(top, [top])}
+            if not names & (declared | optional):
+                missing.add(f"{top} ({path.relative_to(PROJECT_ROOT)})")
+    assert missing == set()

@@ -72,6 +72,7 @@ def test_class_folder_missing_from_one_split(tmp_path, image_folder, tracking):
     assert_no_runs(tracking)
 
 
+@pytest.mark.slow  # waits the real 10 s; the other commands' tests wait 1 s
 def test_unreachable_tracking_server_fails_within_15_seconds(image_folder, tracking, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()

@@ -60,6 +60,7 @@ def train(data_dir, experiment):
     return result, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_valid_credentials_train_and_the_password_is_recorded_nowhere(
     auth_tracking, image_folder, monkeypatch, tmp_path
 ):
@@ -102,6 +103,7 @@ def test_valid_credentials_train_and_the_password_is_recorded_nowhere(
     ],
     ids=["none", "wrong"],
 )
+@pytest.mark.slow
 def test_missing_or_wrong_credentials_fail_fast_in_one_line(
     credentials, message, auth_tracking, auth_server, image_folder, monkeypatch
 ):

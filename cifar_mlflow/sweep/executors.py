@@ -107,8 +107,8 @@ def _stop_with_parent() -> Callable[[], None] | None:
 
 
 def settle(spec: Launch, code: int | None, output: list[str], seconds: float) -> Outcome:
-    """How the run ended, from the tracking server (which marks a run the process could not end
-    FAILED, with the reason read from the process's output)."""
+    """How the run ended, as the tracking server has it; a run the process could not end is
+    ended FAILED there, with the reason read from the process's output (tracking.sweeps)."""
     end = settle_child(spec.env["MLFLOW_TRACKING_URI"], spec.run_id,
                        failure_from_output(code, output), output)  # fmt: skip
     return Outcome(end.status, spec.run_id, end.reason, end.best_test_acc, seconds)

@@ -47,54 +47,63 @@ def run_training(
     `mlflow run` relaunches a run (MLFLOW_RUN_ID) that has a checkpoint, continue that run after
     its last checkpoint instead of starting over."""
     with StopOnSignal() as stop, tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
-        workdir = Path(tmp)
         device = resolve_device(config.device)
         connection.connect()
         run_id = _run_to_continue(resume)
         state = (
-            _saved_state(run_id, resume is not None, config, device, workdir) if run_id else None
+            _saved_state(run_id, resume is not None, config, device, Path(tmp)) if run_id else None
         )
         data = load_cifar10(
             config.data_dir, config.train_limit, config.test_limit, config.val_size, config.seed
         )
-        opened: str | None = None
-        saved = 0  # epochs whose checkpoint is written
+        recorder = EpochRecorder(Path(tmp), on_epoch, saved=state["epoch"] if state else 0)
+
+        def steps(batches, epoch: int) -> Iterable:
+            return stop.steps(wrap(batches, epoch) if wrap else batches)
+
+        opened = None
         try:
             with tracked_run(training.training_run(config, run_id)) as opened:
                 trainer = Trainer(config, data, device)
                 done = checkpoint.restore(trainer, state) if state else []
                 facts = _facts(trainer, data)
-                saved = len(done)
                 if done:
                     log_missing_epochs(opened, done)
                 else:
                     training.log_facts(facts)
                 on_start(opened, facts)
-
                 with Outbox(opened) as outbox:
-
-                    def record(metrics: EpochMetrics) -> None:
-                        nonlocal saved
-                        done.append(metrics)
-                        path = workdir / f"epoch-{metrics.epoch}" / CHECKPOINT_FILE
-                        checkpoint.save(checkpoint.capture(trainer, done), path)
-                        saved = metrics.epoch
-                        outbox.put(metrics.epoch, path, metrics.as_metrics())
-                        on_epoch(metrics)
-
-                    def steps(batches, epoch: int) -> Iterable:
-                        return stop.steps(wrap(batches, epoch) if wrap else batches)
-
-                    result = trainer.fit(record, steps, done)
+                    recorder.start(trainer, done, outbox)
+                    result = trainer.fit(recorder, steps, done)
                 training.log_summary(result.history)
                 log_trained_model(
                     Normalized(result.model, MEAN, STD), as_model_input(data.test.images[:2])
                 )
         except Interrupted as e:
             if opened:
-                e.add_note(_resume_hint(opened, saved))
+                e.add_note(_resume_hint(opened, recorder.saved))
             raise
         return opened
+
+
+class EpochRecorder:
+    """What happens after each epoch: the whole training state is saved to a file, handed with
+    the epoch's metrics to the outbox, and the caller is told."""
+
+    def __init__(self, workdir: Path, on_epoch: Callable[[EpochMetrics], None], saved: int):
+        self.workdir, self.on_epoch = workdir, on_epoch
+        self.saved = saved  # the last epoch whose checkpoint is written (0: none yet)
+
+    def start(self, trainer: Trainer, done: list[EpochMetrics], outbox: Outbox) -> None:
+        self.trainer, self.history, self.outbox = trainer, list(done), outbox
+
+    def __call__(self, metrics: EpochMetrics) -> None:
+        self.history.append(metrics)
+        path = self.workdir / f"epoch-{metrics.epoch}" / CHECKPOINT_FILE
+        checkpoint.save(checkpoint.capture(self.trainer, self.history), path)
+        self.saved = metrics.epoch
+        self.outbox.put(metrics.epoch, path, metrics.as_metrics())
+        self.on_epoch(metrics)
 
 
 def _facts(trainer: Trainer, data: Cifar10) -> dict[str, object]:
