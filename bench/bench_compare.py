@@ -50,11 +50,10 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.compare import charts, job, report, study
-from cifar_mlflow.core.config import TrainConfig
 from cifar_mlflow.core.files import atomic_write
-from cifar_mlflow.testing.runs import MODEL_PARAMS, fabricated_history, log_epochs
+from cifar_mlflow.testing.runs import log_synthetic_run
 from cifar_mlflow.testing.server import MlflowServer
-from cifar_mlflow.tracking import connection, history, records, training
+from cifar_mlflow.tracking import connection, history, records
 from cifar_mlflow.tracking.history import Selection, SelectionError
 from cifar_mlflow.tracking.runs import JOB_TAG, RunSpec, tracked_run
 
@@ -98,20 +97,13 @@ def logged_runs(experiment: str) -> int:
 
 
 def log_design(experiment: str, grid: list[dict]) -> None:
-    """Like trained runs: tracked_run(training_run), log_facts and log_summary, but the 40 epochs
-    go in one log_batch call (testing.runs.log_epochs) instead of epoch by epoch through the
-    outbox, which only makes the setup quicker."""
+    """Synthetic runs (cifar_mlflow.testing.runs), opened and summarised as trained ones are."""
     if logged_runs(experiment) == len(grid):
         return
     started = time.perf_counter()
     for options in grid:
-        config = TrainConfig(experiment=experiment, epochs=EPOCHS, system_metrics=False, **options)
-        epochs = fabricated_history(config, quality=0.1 if config.activation == "gelu" else 0.0)
-        facts = {"device_used": "cpu", "model_params": MODEL_PARAMS[config.model], "model_flops": 1}
-        with tracked_run(training.training_run(config)) as run_id:
-            training.log_facts(facts)
-            log_epochs(run_id, epochs)
-            training.log_summary(epochs)
+        quality = 0.1 if options.get("activation") == "gelu" else 0.0
+        log_synthetic_run(experiment, quality, epochs=EPOCHS, **options)
     print(f"{experiment}: logged {len(grid)} runs in {time.perf_counter() - started:.0f} s",
           file=sys.stderr)  # fmt: skip
 

@@ -384,3 +384,22 @@ def test_mlflow_run_compare_logs_the_report_to_its_own_run(tracking, mlflow_serv
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"report.md", "table.csv", "comparisons", "runs"} <= artifacts
     assert len(read_table(out)) == 2
+
+
+@pytest.mark.slow
+def test_compare_runs_without_torch(study, tracking, mlflow_server, tmp_path):
+    """The whole command in a fresh process where `import torch` fails: compare never pays for
+    torch (~1.5 s of imports here)."""
+    experiment, _ = study
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from cifar_mlflow.cli import main\n"
+        f"sys.argv = ['cifar-mlflow', 'compare', '--experiment', {experiment!r}, "
+        f"'--output-dir', {str(tmp_path / 'report')!r}]\n"
+        "main()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compared 7 runs in 4 configurations" in done.stdout
+    assert (tmp_path / "report" / "report.md").exists()

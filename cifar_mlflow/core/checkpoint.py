@@ -7,7 +7,7 @@ of a run on a CPU is bitwise identical to an uninterrupted one (tests/test_resum
 
 Files are written under a temporary name and renamed, so a reader finds a whole checkpoint or
 none, and loaded with `weights_only=True`, so a checkpoint fetched from a server cannot run code.
-No MLflow here: tracking.py moves the files to and from the run.
+No MLflow here: tracking/outbox.py moves the files to and from the run.
 """
 
 from __future__ import annotations
