@@ -1,5 +1,5 @@
-"""What a command records into its own run besides its params and tags: metrics, files (each
-uploaded as soon as it is whole), figures and tables."""
+"""What a command records into its own run besides its params and tags (runs.RunSpec): metrics,
+files (each uploaded as soon as it is whole), figures and tables."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 if TYPE_CHECKING:
@@ -35,10 +35,6 @@ def log_figure(run_id: str, figure: Figure, artifact_file: str) -> None:
 def log_table(run_id: str, table: Mapping[str, list], artifact_file: str) -> None:
     # The fluent call, not the client's: it also tags the run so that mlflow.load_table finds it.
     mlflow.log_table(dict(table), artifact_file, run_id=run_id)
-
-
-def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
-    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 class Uploads:
