@@ -35,7 +35,9 @@ class TrainConfig:
     data_dir: str = "data"
     train_limit: int = 0  # 0: every training image
     test_limit: int = 0  # 0: every test image
-    val_size: int = 0  # 0: no validation split
+    # A count of training images (>= 1) or a fraction of them (0 < f < 1) held out, stratified
+    # and seeded, to choose the checkpoint on; 0: none (the study's protocol, test curves only).
+    val_size: float = 0.1
     schedule: str = "constant"
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU

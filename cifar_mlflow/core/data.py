@@ -73,7 +73,7 @@ def load_cifar10(
     data_dir: str | os.PathLike,
     train_limit: int = 0,
     test_limit: int = 0,
-    val_size: int = 0,
+    val_size: float = 0,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
 ) -> Cifar10:
@@ -103,19 +103,24 @@ def first_per_class(split: Split, limit: int, num_classes: int) -> Split:
     return split.select(np.sort(np.concatenate(keep)))
 
 
-def split_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Split | None]:
+def split_validation(train: Split, val_size: float, seed: int) -> tuple[Split, Split | None]:
+    """Hold out `val_size` images (a count >= 1, or a fraction 0 < f < 1 of the training images),
+    stratified by class and seeded; 0 holds out nothing. A fraction holds out at least one image
+    per class, so that the default works on tiny data too (--train-limit 20: 10 of 20)."""
     if val_size <= 0:
         return train, None
     from sklearn.model_selection import train_test_split
 
-    if val_size >= len(train):
+    classes = len(np.unique(train.labels))
+    held_out = max(round(val_size * len(train)), classes) if val_size < 1 else int(val_size)
+    if held_out >= len(train):
         raise DataError(
             f"--val-size {val_size} leaves no training images (only {len(train)} available): "
             "choose a smaller validation split"
         )
     try:
         keep, held = train_test_split(
-            np.arange(len(train)), test_size=val_size, stratify=train.labels, random_state=seed
+            np.arange(len(train)), test_size=held_out, stratify=train.labels, random_state=seed
         )
     except ValueError as e:
         raise DataError(f"cannot hold out a stratified --val-size {val_size}: {e}") from None

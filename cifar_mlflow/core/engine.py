@@ -64,10 +64,20 @@ class DivergedError(UserError):
         )
 
 
+class StopTraining(Exception):
+    """Raised by an epoch callback to end training on purpose before the last epoch (a tuner
+    pruning a trial): the epochs done so far stand, and the run ends as finished."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
     history: list[EpochMetrics]
+    stopped_early: str | None = None  # StopTraining's reason, when a callback ended it
 
 
 EpochCallback = Callable[[EpochMetrics], None]
@@ -195,12 +205,16 @@ class Trainer:
         wrap: BatchWrapper | None = None,
         done: Iterable[EpochMetrics] = (),
     ) -> TrainResult:
-        """Train the epochs after those in `done` (a resumed run's history)."""
+        """Train the epochs after those in `done` (a resumed run's history), until the last or
+        until `on_epoch` raises StopTraining."""
         history = list(done)
         for epoch in range(len(history) + 1, self.config.epochs + 1):
             metrics = self.run_epoch(epoch, wrap)
             history.append(metrics)
-            on_epoch(metrics)
+            try:
+                on_epoch(metrics)
+            except StopTraining as stop:
+                return TrainResult(self.model, history, stopped_early=stop.reason)
         return TrainResult(self.model, history)
 
     def run_epoch(self, epoch: int, wrap: BatchWrapper | None = None) -> EpochMetrics:

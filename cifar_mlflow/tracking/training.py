@@ -20,12 +20,14 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FACTOR_TAGS = ("model", "activation", "optimizer")  # compare and export select runs on these
 
 
-def training_run(config: TrainConfig, run_id: str | None = None) -> RunSpec:
+def training_run(
+    config: TrainConfig, run_id: str | None = None, tags: dict[str, str] | None = None
+) -> RunSpec:
     """The run a training records into: `run_id` (being resumed), else as RunSpec decides."""
     return RunSpec(
         experiment=config.experiment,
         name=config.run_name,
-        tags={k: getattr(config, k) for k in FACTOR_TAGS},
+        tags={**{k: getattr(config, k) for k in FACTOR_TAGS}, **(tags or {})},
         params={**config.as_params(), "torch_version": torch.__version__,
                 "git_commit": git_commit()},
         run_id=run_id,
@@ -40,7 +42,9 @@ def log_facts(facts: dict[str, object]) -> None:
     mlflow.log_metrics({k: float(facts[k]) for k in ("model_params", "model_flops") if k in facts})
 
 
-def log_summary(history: list[EpochMetrics]) -> None:
+def log_summary(history: list[EpochMetrics], stopped_early: str | None = None) -> None:
+    if stopped_early:
+        mlflow.set_tag("stopped_early", stopped_early)
     summary = {"best_test_acc": max(m.test_acc for m in history)}
     val = [m.val_acc for m in history if m.val_acc is not None]
     if val:

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from ..core import config as cfg
 from ..core.config import DEFAULTS, TrainConfig
-from ..options import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, choice
+from ..options import HELD_OUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, choice
 
 
 def _option(name: str, **kwargs) -> click.Option:
@@ -35,8 +35,9 @@ CONFIG_OPTIONS = [
             help="keep the first N/10 training images of each class (0: all)"),
     _option("test_limit", type=NON_NEGATIVE_INT,
             help="keep the first N/10 test images of each class (0: all)"),
-    _option("val_size", type=NON_NEGATIVE_INT,
-            help="hold out N training images (stratified, seeded) for validation"),
+    _option("val_size", type=HELD_OUT,
+            help="hold out N training images, or this fraction of them (stratified, seeded), "
+                 "to choose the best epoch on; 0: none (test curves only)"),
     _option("schedule", type=choice(cfg.SCHEDULES)),
     _option("device", type=choice(cfg.DEVICES)),
     _option("precision", type=choice(cfg.PRECISIONS), help="auto: bf16 autocast on CUDA, fp32 on CPU"),

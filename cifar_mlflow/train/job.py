@@ -42,10 +42,13 @@ def run_training(
     wrap: BatchWrapper | None = None,
     on_start: Callable[[str, dict], None] = lambda run_id, facts: None,
     resume: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Train as `config` says and return the MLflow run id. With `resume` (a run id), or when
     `mlflow run` relaunches a run (MLFLOW_RUN_ID) that has a checkpoint, continue that run after
-    its last checkpoint instead of starting over."""
+    its last checkpoint instead of starting over. `tags` go on the run beside its own (a parent
+    run's id, say). `on_epoch` may raise core.engine.StopTraining to end training early: the
+    run then ends FINISHED, tagged `stopped_early` with the reason."""
     with StopOnSignal() as stop, tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
         device = resolve_device(config.device)
         connection.connect()
@@ -63,7 +66,7 @@ def run_training(
 
         opened = None
         try:
-            with tracked_run(training.training_run(config, run_id)) as opened:
+            with tracked_run(training.training_run(config, run_id, tags)) as opened:
                 trainer = Trainer(config, data, device)
                 done = checkpoint.restore(trainer, state) if state else []
                 facts = _facts(trainer, data)
@@ -75,7 +78,7 @@ def run_training(
                 with Outbox(opened) as outbox:
                     recorder.start(trainer, done, outbox)
                     result = trainer.fit(recorder, steps, done)
-                training.log_summary(result.history)
+                training.log_summary(result.history, result.stopped_early)
                 log_trained_model(
                     Normalized(result.model, MEAN, STD), as_model_input(data.test.images[:2])
                 )
