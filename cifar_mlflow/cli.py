@@ -3,15 +3,19 @@
 Each command's options live beside its code (`<package>/command.py`) and import only click and
 core.config, so `cifar-mlflow --help` and `cifar-mlflow <command> --help` load neither torch nor
 MLflow; a command loads what its work needs when it runs. Every error a user can fix ends in one
-line on stderr and a non-zero exit; SIGINT and SIGTERM unwind the command (closing its MLflow run
+line on stderr and a non-zero exit, and a warning (a cache that cannot be written, a batch larger
+than the data) is one line too; SIGINT and SIGTERM unwind the command (closing its MLflow run
 as KILLED) and exit with 128 + the signal's number, the shell's convention.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
 
 import click
 
@@ -22,6 +26,7 @@ COMMANDS = {
     "train": "cifar_mlflow.train.command:train",
     "compare": "cifar_mlflow.compare.command:compare",
     "sweep": "cifar_mlflow.sweep.command:sweep",
+    "tune": "cifar_mlflow.tune.command:tune",
     "export": "cifar_mlflow.export.command:export",
     "predict": "cifar_mlflow.export.command:predict",
 }
@@ -42,7 +47,7 @@ class Commands(click.Group):
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
         try:
-            with StopOnSignal():
+            with StopOnSignal(), one_line_warnings():
                 return super().main(*args, **kwargs)
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
@@ -52,16 +57,35 @@ class Commands(click.Group):
         except click.ClickException as e:
             ctx = getattr(e, "ctx", None)
             where = f"{ctx.command_path}: " if ctx else ""
-            click.echo(f"error: {where}{e.format_message()}", err=True)
+            click.echo(one_line(f"error: {where}{e.format_message()}"), err=True)
             sys.exit(e.exit_code)
         except (click.Abort, KeyboardInterrupt) as e:
             # click turns a KeyboardInterrupt raised by a command into Abort, caused by it.
             stop = e.__cause__ if isinstance(e.__cause__, KeyboardInterrupt) else e
-            click.echo(f"error: {interruption(stop)}", err=True)
+            click.echo(one_line(f"error: {interruption(stop)}"), err=True)
             sys.exit(128 + getattr(stop, "signum", signal.SIGINT))
         except UserError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(one_line(f"error: {e}"), err=True)
             sys.exit(1)
+
+
+def one_line(message: str) -> str:
+    """`message` on one line whatever it quotes: a line break in an input echoed back (an
+    experiment named "x\r", say) is shown escaped, as Python writes it."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Warnings as `warning: <message>` on stderr, rather than Python's file, line and source
+    line: what the user should read, not where it was raised."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        click.echo(one_line(f"warning: {message}"), err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def interruption(error: BaseException) -> str:

@@ -1,16 +1,70 @@
-"""click parameter types the commands share. Nothing heavier than click is imported here, so
-every command's options (and `--help`) load without torch or MLflow."""
+"""click parameter types the commands share: each says its rule, and `--help` shows it. Nothing
+heavier than click is imported here, so every command's options (and `--help`) load without
+torch or MLflow."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import click
 
+CLASS_COUNT = 10  # CIFAR-10's classes (core.config.CLASS_COUNT; options import nothing of ours)
+# MLflow's limit on an experiment's name (measured on MLflow 3.17: its server refuses 501
+# characters and "" with INVALID_PARAMETER_VALUE; tests/test_options.py checks against a server).
+EXPERIMENT_NAME_LIMIT = 500
+
+
+class FiniteRange(click.FloatRange):
+    """A finite number in a range. click's FloatRange alone takes "nan" (it compares false with
+    every bound) and "inf" where a side is unbounded: a run would train on them."""
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class PerClassLimit(click.ParamType):
+    """0 (every image) or a number of images that keeps at least one of each class."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        number = click.INT.convert(value, param, ctx)
+        if number < 0 or 0 < number < CLASS_COUNT:
+            self.fail(f"{number} is neither 0 (all) nor at least {CLASS_COUNT} (one image per "
+                      "class)", param, ctx)  # fmt: skip
+        return number
+
+
+class ExperimentName(click.ParamType):
+    """A name MLflow accepts for an experiment: not blank, at most EXPERIMENT_NAME_LIMIT long."""
+
+    name = "NAME"
+
+    def convert(self, value, param, ctx):
+        if not value.strip():
+            self.fail("an experiment needs a name that is not blank", param, ctx)
+        if len(value) > EXPERIMENT_NAME_LIMIT:
+            self.fail(f"{len(value)} characters: MLflow takes at most {EXPERIMENT_NAME_LIMIT}",
+                      param, ctx)  # fmt: skip
+        return value
+
+
 POSITIVE_INT = click.IntRange(min=1)
-NON_NEGATIVE_INT = click.IntRange(min=0)
-POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
-NON_NEGATIVE_FLOAT = click.FloatRange(min=0)
+SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed is a 32-bit unsigned integer
+# A learning rate is bounded only by what torch can step with: it multiplies in float32, and a
+# rate above float32's largest number raises "value cannot be converted to type float without
+# overflow" at the first step. Below that, one that diverges ends the run FAILED after its epoch
+# (core.engine checks the loss, the weights and the outputs).
+FLOAT32_MAX = 3.4028234663852886e38
+LEARNING_RATE = FiniteRange(min=0, min_open=True, max=FLOAT32_MAX)
+FRACTION = FiniteRange(0, 1, max_open=True)  # momentum, weight decay: 1 or more cannot converge
+RESOURCE_SHARE = FiniteRange(min=0)  # CPUs or GPUs a Ray trial asks for: fractions allowed
+PER_CLASS_LIMIT = PerClassLimit()
+EXPERIMENT_NAME = ExperimentName()
 
 
 class HeldOut(click.ParamType):
@@ -19,10 +73,7 @@ class HeldOut(click.ParamType):
     name = "N|FRACTION"
 
     def convert(self, value, param, ctx):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
+        number = click.FLOAT.convert(value, param, ctx)
         if not (number == 0 or 0 < number < 1 or (number >= 1 and number.is_integer())):
             self.fail(f"{value} is neither 0, a fraction in (0, 1) nor a whole count >= 1",
                       param, ctx)  # fmt: skip

@@ -23,7 +23,7 @@ def test_nan_loss_stops_the_run_within_the_epoch_and_marks_it_failed(
     result = CliRunner().invoke(
         cli,
         tiny_train_args(image_folder, tracking, *SMALL_RUN, "--epochs", "40", "--lr", "1e30",
-                        "--batch-size", str(BATCH_SIZE)),
+                        "--batch-size", str(BATCH_SIZE), "--val-size", "0"),
     )  # fmt: skip
     assert result.exit_code == 1, result.output
     images = DIVERGENCE_CHECK_STEPS * BATCH_SIZE

@@ -70,7 +70,7 @@ def test_server_gone_mid_run_then_back_loses_and_doubles_nothing(proxy, tracking
     for key in PER_EPOCH_KEYS:
         assert steps(run_id, key) == [1, 2, 3], key
     assert run.data.tags[CHECKPOINT_EPOCH_TAG] == "3"
-    assert "best_test_acc" in run.data.metrics and "model_uri" in run.data.tags
+    assert "final_test_acc" in run.data.metrics and "model_uri" in run.data.tags
 
 
 def test_server_still_gone_after_training_fails_clearly_and_the_run_resumes_later(

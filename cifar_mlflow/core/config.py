@@ -3,13 +3,18 @@
 Every default and every choice lives here, in a module that imports nothing heavy, so that
 `cifar-mlflow --help` can show them without loading torch. The registries in models.py are
 keyed by the same names (tests/test_models.py checks), and a test checks that the MLproject
-parameters agree with the click options built from this module.
+parameters agree with the click options built from this module. Each option's own range is
+checked by its click type (options.py); the rules between options are checked here, whenever a
+TrainConfig is made (the CLI, a sweep's grid, a run read back to resume).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
+
+from .errors import UserError
 
 MODEL_NAMES = ("resnet18", "ghost_resnet18")
 ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "sigmoid")
@@ -19,6 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 DEFAULT_EXPERIMENT = "cifar10-ablation"
+CLASS_COUNT = 10  # len(core.data.CLASSES), here without numpy (tests/test_options.py checks)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,10 @@ class TrainConfig:
     experiment: str = DEFAULT_EXPERIMENT
     system_metrics: bool = True
 
+    def __post_init__(self) -> None:
+        if self.train_limit:  # without a limit, core.data checks the split once it has the data
+            held_out_images(self.val_size, self.train_limit)
+
     @property
     def run_name(self) -> str:
         return f"{self.model}-{self.activation}-{self.optimizer}-s{self.seed}"
@@ -54,6 +64,35 @@ class TrainConfig:
 
 
 DEFAULTS = TrainConfig()
+
+
+def held_out_images(val_size: float, train_images: int) -> int:
+    """How many of `train_images` a `val_size` holds out: a count as given, a fraction rounded
+    and at least one image per class; 0 holds out none. A UserError unless at least one image
+    per class is left to train on."""
+    if val_size <= 0:
+        return 0
+    held = max(round(val_size * train_images), CLASS_COUNT) if val_size < 1 else int(val_size)
+    if train_images - held < CLASS_COUNT:
+        raise UserError(
+            f"--val-size {val_size} holds out {held} of the {train_images} training images, "
+            "leaving fewer than one per class to train on: choose a smaller --val-size (0: none) "
+            "or train on more images (--train-limit)"
+        )
+    return held
+
+
+def batch_size_used(batch_size: int, train_images: int) -> int:
+    """The batch each step trains on: `batch_size`, or every training image where there are
+    fewer; a warning says so (the run logs it as `batch_size_used`)."""
+    if batch_size > train_images:
+        warnings.warn(
+            f"--batch-size {batch_size} is larger than the {train_images} training images: each "
+            f"step trains on all {train_images} (logged as batch_size_used)",
+            stacklevel=2,
+        )
+    return min(batch_size, train_images)
+
 
 # Fields that do not change what a run learns: the seed varies within a configuration; where a
 # run is filed and whether system metrics are sampled change nothing in the model.

@@ -7,20 +7,27 @@ Two layouts are accepted in `data_dir`:
       as one .npz (measured: decoding the 60,000 JPEGs takes ~20 s on 2 cores, loading the cache
       ~0.3 s).
 Images are returned as (N, 3, 32, 32) uint8, labels as int64, so the engine can move a whole
-split to the device in one copy.
+split to the device in one copy. Either layout must hold exactly CIFAR-10's ten classes (names
+matched without regard to case), and labels always follow CLASSES' order, whatever the order or
+case of the folders or of `batches.meta`: a model trained here names its outputs CLASSES.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
 import os
 import pickle
+import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .config import held_out_images
 from .errors import UserError
 from .files import atomic_write
 
@@ -60,7 +67,7 @@ class Cifar10:
     train: Split
     test: Split
     val: Split | None
-    classes: tuple[str, ...]
+    classes: tuple[str, ...]  # always CLASSES: labels are indices into it
     source: str  # "image-folder:<path>" or "torchvision:<path>"
 
 
@@ -79,16 +86,45 @@ def load_cifar10(
 ) -> Cifar10:
     root = Path(data_dir).expanduser().resolve()
     if (root / "train").is_dir() or (root / "test").is_dir():
-        train, test, classes = _read_image_folder(root, _cache_dir(cache_dir))
+        train, test = _read_image_folder(root, _cache_dir(cache_dir))
         source = f"image-folder:{root}"
     else:
         batches = _torchvision_folder(root)
-        train, test, classes = _read_torchvision(batches)
+        train, test = _read_torchvision(batches)
         source = f"torchvision:{batches}"
-    train = first_per_class(train, train_limit, len(classes))
-    test = first_per_class(test, test_limit, len(classes))
+    train = first_per_class(train, train_limit, len(CLASSES))
+    test = first_per_class(test, test_limit, len(CLASSES))
     train, val = split_validation(train, val_size, seed)
-    return Cifar10(train, test, val, classes, source)
+    return Cifar10(train, test, val, CLASSES, source)
+
+
+def class_labels(names: Sequence[str], where: str, prefix: str = "") -> list[int]:
+    """CIFAR-10's label (an index into CLASSES) of each of `names`, matched without regard to
+    case; unless `names` are exactly CIFAR-10's ten classes, a DataError says which are extra,
+    missing or misspelt (a close match by difflib), each shown as `prefix` + name."""
+    by_name: dict[str, list[str]] = {}
+    for name in names:
+        by_name.setdefault(name.lower(), []).append(name)
+    problems = [f"{' and '.join(prefix + n for n in sorted(given))} name the same class"
+                for given in by_name.values() if len(given) > 1]  # fmt: skip
+    unknown = [given[0] for key, given in by_name.items() if key not in CLASSES]
+    missing = [c for c in CLASSES if c not in by_name]
+    misspelt = {}
+    for name in unknown:
+        close = difflib.get_close_matches(name.lower(), missing, n=1)
+        if close and close[0] not in misspelt.values():
+            misspelt[name] = close[0]
+    if problems or unknown or missing:
+        extra = [n for n in unknown if n not in misspelt]
+        missing = [c for c in missing if c not in misspelt.values()]
+        problems += [f"{prefix}{n} misspelt? (CIFAR-10 has {c})" for n, c in misspelt.items()]
+        problems += [f"extra {', '.join(prefix + n for n in extra)}"] if extra else []
+        problems += [f"missing {', '.join(prefix + c for c in missing)}"] if missing else []
+        raise DataError(
+            f"{where} does not hold CIFAR-10's ten classes: {'; '.join(problems)} (the classes "
+            f"are {', '.join(CLASSES)}, in any case)"
+        )
+    return [CLASSES.index(name.lower()) for name in names]
 
 
 def first_per_class(split: Split, limit: int, num_classes: int) -> Split:
@@ -111,13 +147,7 @@ def split_validation(train: Split, val_size: float, seed: int) -> tuple[Split, S
         return train, None
     from sklearn.model_selection import train_test_split
 
-    classes = len(np.unique(train.labels))
-    held_out = max(round(val_size * len(train)), classes) if val_size < 1 else int(val_size)
-    if held_out >= len(train):
-        raise DataError(
-            f"--val-size {val_size} leaves no training images (only {len(train)} available): "
-            "choose a smaller validation split"
-        )
+    held_out = held_out_images(val_size, len(train))  # leaves at least one image per class
     try:
         keep, held = train_test_split(
             np.arange(len(train)), test_size=held_out, stratify=train.labels, random_state=seed
@@ -152,17 +182,22 @@ def _download(root: Path) -> None:
         ) from None
 
 
-def _read_torchvision(folder: Path) -> tuple[Split, Split, tuple[str, ...]]:
-    classes = CLASSES
+def _read_torchvision(folder: Path) -> tuple[Split, Split]:
+    """The batches' labels index `batches.meta`'s label names (CLASSES when there is no meta
+    file): mapped to CLASSES' order, so a meta file in another order still labels truly."""
+    canonical = np.arange(len(CLASSES))
     meta = folder / "batches.meta"
     if meta.exists():
-        classes = tuple(_unpickle(meta)["label_names"])
-    train = _concat([_read_batch(folder / name) for name in TORCHVISION_TRAIN])
-    test = _read_batch(folder / TORCHVISION_TEST[0])
-    return train, test, classes
+        names = _unpickle(meta).get("label_names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"damaged CIFAR-10 file {meta}: no list of label names; re-download it")
+        canonical = np.array(class_labels(names, str(meta)), dtype=np.int64)
+    train = _concat([_read_batch(folder / name, canonical) for name in TORCHVISION_TRAIN])
+    test = _read_batch(folder / TORCHVISION_TEST[0], canonical)
+    return train, test
 
 
-def _read_batch(path: Path) -> Split:
+def _read_batch(path: Path, canonical: np.ndarray) -> Split:
     if not path.exists():
         raise DataError(f"missing CIFAR-10 batch file {path}: {EXPECTED_LAYOUT}")
     entry = _unpickle(path)
@@ -173,15 +208,19 @@ def _read_batch(path: Path) -> Split:
         raise DataError(f"damaged CIFAR-10 batch file {path} ({e}): re-download it") from None
     if len(images) != len(labels):
         raise DataError(f"damaged CIFAR-10 batch file {path}: image and label counts differ")
-    return Split(np.ascontiguousarray(images), labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(canonical)):
+        raise DataError(f"damaged CIFAR-10 batch file {path}: labels outside 0-9; re-download it")
+    return Split(np.ascontiguousarray(images), canonical[labels])
 
 
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
-    except Exception as e:  # truncated or foreign files raise anything from EOFError to UnpicklingError
-        raise DataError(f"damaged CIFAR-10 file {path} ({type(e).__name__}): re-download it") from None
+    except Exception as e:  # a truncated or foreign file: anything, EOFError to UnpicklingError
+        raise DataError(
+            f"damaged CIFAR-10 file {path} ({type(e).__name__}): re-download it"
+        ) from None
     if not isinstance(entry, dict):
         raise DataError(f"damaged CIFAR-10 file {path}: not a CIFAR-10 batch")
     return entry
@@ -196,46 +235,64 @@ def _concat(splits: list[Split]) -> Split:
 # --- image folder --------------------------------------------------------------------------
 
 
-def _read_image_folder(root: Path, cache_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
+def _read_image_folder(root: Path, cache_dir: Path) -> tuple[Split, Split]:
     files = {name: _list_split(root, name) for name in ("train", "test")}
-    classes = tuple(sorted(files["train"]))
-    if set(files["test"]) != set(classes):
-        missing = sorted(set(classes) ^ set(files["test"]))
-        where = ["test" if c in files["train"] else "train" for c in missing]
-        raise DataError(
-            f"class folder(s) {', '.join(f'{w}/{c}' for w, c in zip(where, missing))} missing in "
-            f"{root}: both train/ and test/ need one folder per class"
-        )
-    cache = cache_dir / f"{root.name}-{_fingerprint(root, files)}.npz"
+    labels = {
+        name: dict(zip(folders, class_labels(list(folders), str(root / name), f"{name}/")))
+        for name, folders in files.items()
+    }
+    source = f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:8]}"
+    cache = cache_dir / f"{source}-{_fingerprint(root, files)}.npz"
     cached = _read_cache(cache)
     if cached is not None:
         return cached
-    train = _decode_split(files["train"], classes)
-    test = _decode_split(files["test"], classes)
-    _save_atomically(
-        cache,
-        train_images=train.images, train_labels=train.labels,
-        test_images=test.images, test_labels=test.labels,
-        classes=np.array(classes),
-    )  # fmt: skip
-    return train, test, classes
+    train = _decode_split(files["train"], labels["train"])
+    test = _decode_split(files["test"], labels["test"])
+    _write_cache(cache, f"{source}-*.npz", train, test)
+    return train, test
 
 
-def _read_cache(cache: Path) -> tuple[Split, Split, tuple[str, ...]] | None:
+def _read_cache(cache: Path) -> tuple[Split, Split] | None:
     """The cached arrays, or None when there is no cache or it cannot be read (a damaged file is
-    removed and rebuilt rather than failing every later run)."""
-    if not cache.exists():
-        return None
+    removed and rebuilt rather than failing every later run; one that cannot even be removed, in
+    a folder we may not write, is left: the images are decoded again)."""
     try:
         with np.load(cache) as stored:
+            if tuple(str(c) for c in stored["classes"]) != CLASSES:
+                raise ValueError("labels in another order")
             return (
                 Split(stored["train_images"], stored["train_labels"]),
                 Split(stored["test_images"], stored["test_labels"]),
-                tuple(str(c) for c in stored["classes"]),
             )
-    except Exception:  # zipfile, pickle and numpy all have their own errors for a damaged file
-        cache.unlink(missing_ok=True)
+    except FileNotFoundError:
         return None
+    except Exception:  # zipfile, pickle, numpy and the OS all have their own errors
+        with contextlib.suppress(OSError):
+            cache.unlink(missing_ok=True)
+        return None
+
+
+def _write_cache(cache: Path, versions: str, train: Split, test: Split) -> None:
+    """Write `cache`, then remove the source's older versions (matching the glob `versions`): one
+    file per source (185 MB for CIFAR-10). A cache that cannot be written (read-only, full disk)
+    is a warning: the images are decoded, so training goes on without the cache."""
+    try:
+        _save_atomically(
+            cache,
+            train_images=train.images, train_labels=train.labels,
+            test_images=test.images, test_labels=test.labels,
+            classes=np.array(CLASSES),
+        )  # fmt: skip
+    except OSError as e:
+        warnings.warn(
+            f"cannot write the decoded-image cache {cache} ({e.strerror or type(e).__name__}): "
+            "training without it; set CIFAR_MLFLOW_CACHE to a writable folder to decode only once",
+            stacklevel=2,
+        )
+        return
+    for older in cache.parent.glob(versions):
+        if older != cache:
+            older.unlink(missing_ok=True)
 
 
 def _list_split(root: Path, name: str) -> dict[str, list[Path]]:
@@ -266,9 +323,11 @@ def _fingerprint(root: Path, files: dict[str, dict[str, list[Path]]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _decode_split(files: dict[str, list[Path]], classes: tuple[str, ...]) -> Split:
-    paths = [p for c in classes for p in files[c]]
-    labels = np.array([i for i, c in enumerate(classes) for _ in files[c]], dtype=np.int64)
+def _decode_split(files: dict[str, list[Path]], label_of: dict[str, int]) -> Split:
+    """The images of each class folder in `files`, the folders in label order."""
+    folders = sorted(files, key=label_of.__getitem__)
+    paths = [p for f in folders for p in files[f]]
+    labels = np.array([label_of[f] for f in folders for _ in files[f]], dtype=np.int64)
     images = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
 
     def decode(i: int) -> None:

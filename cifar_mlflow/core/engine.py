@@ -53,7 +53,11 @@ class EpochMetrics:
         return {k: v for k, v in asdict(self).items() if k != "epoch" and v is not None}
 
 
-class DivergedError(UserError):
+class Diverged(UserError):
+    """Training diverged: the model is lost, so the run ends FAILED and no model is logged."""
+
+
+class DivergedError(Diverged):
     """The training loss became NaN or infinite: the weights are lost, so the run stops."""
 
     def __init__(self, loss: float, images_seen: int, epoch: int | None = None):
@@ -61,6 +65,19 @@ class DivergedError(UserError):
         super().__init__(
             f"training diverged: the loss became {loss} in epoch {epoch} (within its first "
             f"{images_seen} images); lower --lr, or try another --optimizer or --activation"
+        )
+
+
+class NonFiniteModelError(Diverged):
+    """The weights, or what the model outputs, are no longer finite after an epoch whose loss
+    looked finite (each step's loss is taken before the step that may break the weights): the
+    model is lost, so the run stops and no model is logged."""
+
+    def __init__(self, what: str, epoch: int):
+        self.epoch = epoch
+        super().__init__(
+            f"training diverged: {what} after epoch {epoch}; lower --lr, or try another "
+            "--optimizer or --activation"
         )
 
 
@@ -157,6 +174,27 @@ def check_finite(loss_sum: torch.Tensor, seen: int) -> None:
         raise DivergedError(loss, seen)
 
 
+def check_finite_weights(model: nn.Module, epoch: int) -> None:
+    """Every floating-point parameter and buffer (batch-norm statistics too) is finite, read in
+    one sync with the device once per epoch. Measured on 2 loaded CPU cores (ResNet-18): 0.14-0.34
+    s per check, against minutes per CIFAR-10 epoch; summing each tensor instead is 15-20 ms but
+    calls huge finite weights infinite, so the exact test stays."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not torch.stack([t.isfinite().all() for t in tensors]).all():
+        raise NonFiniteModelError("the weights became NaN or infinite", epoch)
+
+
+def check_finite_outputs(epoch: int, test_loss: float, val_loss: float | None) -> None:
+    """Finite weights can still be so large that the model outputs NaN or infinity: then its
+    evaluation loss is not finite (cross-entropy of finite logits always is). This judges the
+    model, not a choice between models, so the test split may tell it."""
+    for split, loss in (("test", test_loss), ("validation", val_loss)):
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteModelError(
+                f"the model's outputs became {loss} on the {split} images", epoch
+            )
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, data: Cifar10, device: torch.device):
         self.config = config
@@ -226,10 +264,12 @@ class Trainer:
             )
         except DivergedError as e:
             raise DivergedError(e.loss, e.images_seen, epoch) from None
+        check_finite_weights(self.model, epoch)
         train_seconds = time.perf_counter() - started
         self.schedule.step()
         test_loss, test_acc = self.evaluate(self.test_batches)
         val_loss, val_acc = self.evaluate(self.val_batches) if self.val_batches else (None, None)
+        check_finite_outputs(epoch, test_loss, val_loss)
         return EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,

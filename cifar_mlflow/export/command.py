@@ -10,37 +10,39 @@ import click
 
 from ..core.config import MODEL_NAMES
 from ..core.data import CLASSES
-from ..options import NON_NEGATIVE_INT, choice
+from ..options import EXPERIMENT_NAME, PER_CLASS_LIMIT, choice
 from .config import DEFAULT_MODEL_URI, ExportConfig
 
 
 @click.command()
 @click.option("--model", type=choice(MODEL_NAMES), default=ExportConfig.model, show_default=True,
               help="model family whose best run becomes the champion")  # fmt: skip
-@click.option("--experiment", default=ExportConfig.experiment, show_default=True,
-              help="MLflow experiment holding the training runs")  # fmt: skip
-@click.option("--metric", default=ExportConfig.metric,
-              help="run metric to rank by, higher is better [default: best_val_acc when every "
-                   "candidate run logs it, else best_test_acc]")  # fmt: skip
+@click.option("--experiment", type=EXPERIMENT_NAME, default=ExportConfig.experiment,
+              show_default=True, help="MLflow experiment holding the training runs")  # fmt: skip
 @click.option("--filter", "filter", default=ExportConfig.filter,
               help="extra MLflow run filter, e.g. \"params.optimizer = 'adam'\"")  # fmt: skip
 @click.option("--name", default=ExportConfig.name,
               help="registered model name [default: cifar10-<model>]")  # fmt: skip
 @click.option("--alias", default=ExportConfig.alias, show_default=True,
               help="alias set on the champion's model version")  # fmt: skip
-@click.option("--data-dir", default=ExportConfig.data_dir, show_default=True,
-              help="CIFAR-10 to re-evaluate on, as for train")  # fmt: skip
-@click.option("--test-limit", type=NON_NEGATIVE_INT, default=ExportConfig.test_limit,
-              show_default=True, help="keep the first N/10 test images of each class (0: all)")  # fmt: skip
+@click.option("--data-dir", default=ExportConfig.data_dir,
+              help="CIFAR-10 to re-evaluate on, as for train [default: the data the champion's "
+                   "run trained on]")  # fmt: skip
+@click.option("--test-limit", type=PER_CLASS_LIMIT, default=ExportConfig.test_limit,
+              help="keep the first N/10 test images of each class; 0: all, else N >= 10 "
+                   "[default: the champion run's]")  # fmt: skip
 def export(**options) -> None:
-    """Register the best run of a model family, export it (TorchScript, ONNX) and evaluate it."""
+    """Register the best checkpoint of a model family (the `best` model with the highest val_acc),
+    export it (TorchScript, ONNX) and evaluate it on the test set."""
     from .job import export_champion
 
-    result = export_champion(ExportConfig(**options), report=lambda line: click.echo(line, err=True))
+    result = export_champion(
+        ExportConfig(**options), report=lambda line: click.echo(line, err=True)
+    )
     scores = result.evaluation
     agreement = ""
     if result.training_test_acc is not None:
-        agreement = f" (training logged {result.training_test_acc:.4f})"
+        agreement = f" (training logged {result.training_test_acc:.4f} for this checkpoint)"
     click.echo(f"test accuracy {scores.accuracy:.4f} on {scores.num_images} images{agreement}, "
                f"macro F1 {scores.summary_metrics()['macro_f1']:.4f}")  # fmt: skip
     click.echo(f"export run {result.run_id}: deployment/ and evaluation/ artifacts")
@@ -67,6 +69,9 @@ def predict(images: tuple[Path, ...], model_uri: str, server: str | None, top: i
     if print_request:
         click.echo(json.dumps(serving_request(inputs)))
         return
-    logits = served_logits(server, inputs) if server else local_logits(model_uri, inputs)
-    for path, ranked in zip(images, top_classes(logits, CLASSES, top)):
+    if server:  # a served model answers logits only: its classes are CIFAR-10's, in order
+        logits, classes = served_logits(server, inputs), CLASSES
+    else:
+        logits, classes = local_logits(model_uri, inputs)
+    for path, ranked in zip(images, top_classes(logits, classes, top)):
         click.echo(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))

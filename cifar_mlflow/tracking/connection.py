@@ -2,17 +2,22 @@
 
 MLflow's own client retries with backoff for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7,
 MLFLOW_HTTP_REQUEST_TIMEOUT=120), which is right mid-run and wrong at start-up: `connect()` fails
-within ~10 s when an HTTP server is not there or refuses our credentials.
+within ~10 s when an HTTP server is not there or refuses our credentials, and at once for a
+tracking URI MLflow will not open (an unknown scheme, the retired file store, a database without
+its driver, databricks without credentials). `is_permanent` tells a refusal that no retry can
+change from a failure that may pass.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
@@ -28,6 +33,34 @@ API_CHECK_SECONDS = 30
 
 class TrackingError(UserError):
     """The tracking server cannot be used; the message says what is wrong and what to do."""
+
+
+class RunRefused(TrackingError):
+    """The tracking server refused, for good, what a run sent (an HTTP 4xx answer other than
+    429); `unmarkable`: the run is deleted or no longer readable there, so it cannot be marked
+    FAILED either (the message says so)."""
+
+    def __init__(self, message: str, unmarkable: bool = False):
+        super().__init__(message)
+        self.unmarkable = unmarkable
+
+
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status an MLflow call failed with: from MLflow's error code (a REST answer) or
+    the response of an artifact upload; None when the server gave no answer."""
+    if isinstance(error, MlflowException):
+        return error.get_http_status_code()
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return error.response.status_code
+    return None
+
+
+def is_permanent(error: BaseException) -> bool:
+    """A refusal that retrying cannot change: 4xx other than 429 (a deleted run, a refused
+    payload, no permission). Connection errors, timeouts (MLflow reports both as 500), 5xx and
+    429 (too many requests) may succeed later."""
+    status = http_status(error)
+    return status is not None and 400 <= status < 500 and status != 429
 
 
 def tracking_uri() -> str:
@@ -46,8 +79,31 @@ def connect() -> str:
     if is_http(uri):
         _wait_for_server(uri)
         _check_credentials(uri)
+    else:
+        _check_store(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _check_store(uri: str) -> None:
+    """MLflow opens a store at its first call and refuses there, mid-run, what it cannot use:
+    one cheap call now says so before any data is decoded, in one line: MLflow's own warnings on
+    the way (databricks logs one before refusing) are held back. (An sqlite store is created
+    here, as the first run would.)"""
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.ERROR)
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # MlflowException, a driver's ImportError, sqlalchemy's, OSError...
+        reason = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else ""
+        raise TrackingError(
+            f"MLflow cannot use the tracking URI {uri!r} ({type(e).__name__}: {reason}): set "
+            "MLFLOW_TRACKING_URI to a server (http://127.0.0.1:5000) or a database "
+            "(sqlite:///mlflow.db)"
+        ) from None
+    finally:
+        mlflow_log.setLevel(level)
 
 
 def _wait_for_server(uri: str) -> None:

@@ -13,13 +13,20 @@ Checkpoints alternate between two artifact slots and the `checkpoint_artifact` t
 after an upload has finished, so a process killed mid-upload leaves the previous checkpoint
 usable: the artifact store's version of "write to a temporary file, then rename". While the
 server is down only the newest checkpoint waits to be sent.
+
+Only what can succeed later is retried (no answer, 5xx, 429: connection.is_permanent). A refusal
+for good (a 4xx: the run deleted in the UI, no permission, a refused payload) stops sending at
+once; the newest checkpoint is moved to KEPT_CHECKPOINTS/<run_id>/ so nothing trained is lost,
+and the refusal is raised in the training at its next step (`guard`), epoch (`put`) or drain.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +34,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from ..core.engine import EpochMetrics
-from .connection import TrackingError, tracking_uri
+from .connection import RunRefused, TrackingError, http_status, is_permanent, tracking_uri
 from .runs import get_run
 
 CHECKPOINT_TAG = "checkpoint_artifact"  # artifact path of the run's last complete checkpoint
@@ -40,6 +47,9 @@ RETRY_DELAYS = (1, 2, 4, 8, 15)  # seconds between tries while the server is dow
 # failure or a signal, promptness matters more.
 DRAIN_AFTER_TRAINING_SECONDS = 600
 DRAIN_AFTER_FAILURE_SECONDS = 15
+# Where a run's newest checkpoint is kept when the server refuses it for good (relative to the
+# working directory, like the sweeps' and compare's outputs).
+KEPT_CHECKPOINTS = Path("outputs/checkpoints")
 
 _log = logging.getLogger(__name__)
 
@@ -68,24 +78,44 @@ class Outbox:
         self._sending: _Checkpoint | None = None
         self._metrics: list[list[Metric]] = []  # one list per epoch, oldest first
         self._closing = self._abandoned = False
+        self._refused_by: Exception | None = None  # the server's answer, when it refuses for good
+        self._unmarkable: str | None = None  # why the run cannot be marked FAILED either
+        self._refusal: RunRefused | None = None  # the error the training raises for it
+        self._sent_epoch = 0  # the epoch of the last checkpoint the server took
         self._thread = threading.Thread(target=self._send_forever, name="outbox", daemon=True)
         self._thread.start()
 
     def put(self, epoch: int, checkpoint: Path, metrics: dict[str, float]) -> None:
+        """Queue an epoch's checkpoint and metrics; raises RunRefused once the server has refused
+        the run (the checkpoint is then kept as the newest)."""
         timestamp = int(time.time() * 1000)
         with self._lock:
+            if self._refusal is not None:
+                self._refusal = self._refused(_Checkpoint(epoch, checkpoint))
+                raise self._refusal
             stale, self._checkpoint = self._checkpoint, _Checkpoint(epoch, checkpoint)
             self._metrics.append([Metric(k, v, timestamp, epoch) for k, v in metrics.items()])
             if stale is not None and stale is not self._sending:
                 stale.path.unlink(missing_ok=True)
             self._lock.notify_all()
 
+    def guard(self, steps: Iterable) -> Iterator:
+        """`steps` (an epoch's training steps), stopped by RunRefused at the first step after the
+        server refused the run: a refusal ends training within a step, not an epoch. Reading
+        one attribute per step costs nothing."""
+        for step in steps:
+            if self._refusal is not None:
+                raise self._refusal
+            yield step
+
     def close(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for everything to be sent; False if some was not."""
+        """Wait up to `timeout` seconds for everything to be sent; False if some was not (at once
+        when the server has refused the run)."""
         with self._lock:
             self._closing = True
             self._lock.notify_all()
-            sent = self._lock.wait_for(self._all_sent, timeout)
+            self._lock.wait_for(lambda: self._all_sent() or self._refusal is not None, timeout)
+            sent = self._all_sent() and self._refusal is None
             self._abandoned = not sent
             self._lock.notify_all()
         return sent
@@ -96,13 +126,15 @@ class Outbox:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             if not self.close(DRAIN_AFTER_TRAINING_SECONDS):
+                if self._refusal is not None:
+                    raise self._refusal
                 raise ServerGone(
                     f"the tracking server {tracking_uri()} has not answered for "
                     f"{DRAIN_AFTER_TRAINING_SECONDS} s: epochs {self._unsent_epochs()} of run "
                     f"{self.run_id} are not recorded; once it is back, run "
                     f"`cifar-mlflow train --resume {self.run_id}`"
                 )
-        elif not self.close(DRAIN_AFTER_FAILURE_SECONDS):
+        elif not self.close(DRAIN_AFTER_FAILURE_SECONDS) and self._refusal is None:
             _log.warning("epochs %s were not sent to the tracking server", self._unsent_epochs())
 
     def _all_sent(self) -> bool:
@@ -123,7 +155,10 @@ class Outbox:
                 self._sending, metrics = self._checkpoint, list(self._metrics)
             try:
                 self._send(self._sending, metrics)
-            except Exception as e:  # the server is down, restarting, overloaded...
+            except Exception as e:  # the server is down, restarting, overloaded... or refuses
+                if is_permanent(e):
+                    self._refuse(e)
+                    return
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
                 if failures == 0:
                     _log.warning(
@@ -142,6 +177,65 @@ class Outbox:
                 _log.warning("tracking server is back: queued results sent")
             failures = 0
 
+    def _refuse(self, error: Exception) -> None:
+        """Stop for good: keep the newest checkpoint on disk, and make the refusal the
+        training's error."""
+        unmarkable = self._why_unmarkable()
+        with self._lock:
+            self._refused_by, self._unmarkable = error, unmarkable
+            newest = self._checkpoint or self._sending
+            self._checkpoint = self._sending = None
+            self._refusal = self._refused(newest)
+            self._lock.notify_all()
+
+    def _refused(self, newest: _Checkpoint | None) -> RunRefused:
+        """The one-line error: what the server refused, whether the run still exists, and where
+        the training's progress is. `newest` (a checkpoint not on the server) is kept."""
+        error = self._refused_by
+        code = getattr(error, "error_code", None) or f"HTTP {http_status(error)}"
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        said = said.removeprefix(f"{code}: ")[:300]
+        fate = (
+            f"{self._unmarkable}, so it cannot be marked FAILED either"
+            if self._unmarkable
+            else "no retry can change that, so training stopped"
+        )
+        refusal = RunRefused(
+            f"the tracking server {tracking_uri()} refused run {self.run_id}'s results ({code}: "
+            f"{said}): {fate}; {self._keep(newest)}",
+            unmarkable=self._unmarkable is not None,
+        )
+        refusal.__cause__ = error
+        return refusal
+
+    def _keep(self, newest: _Checkpoint | None) -> str:
+        """Move `newest` (not on the server) out of the temporary folder that ends with the
+        process; say where the training's progress is."""
+        if newest is None:
+            return (
+                f"nothing trained is lost: the checkpoint of epoch {self._sent_epoch} is on the run"
+            )
+        kept = (KEPT_CHECKPOINTS / self.run_id / CHECKPOINT_FILE).resolve()
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(newest.path, kept)
+        except OSError as e:
+            return f"the checkpoint of epoch {newest.epoch} could not be kept in {kept} ({e})"
+        return f"nothing trained is lost: the checkpoint of epoch {newest.epoch} is kept in {kept}"
+
+    def _why_unmarkable(self) -> str | None:
+        """Why the run cannot be marked FAILED after the refusal, or None if it can."""
+        try:
+            stage = self.client.get_run(self.run_id).info.lifecycle_stage
+        except Exception:  # gone for good, or no permission to read it any more
+            return "the server no longer lets this process read the run"
+        if stage == "deleted":
+            return (
+                f"the run is deleted on the server (`mlflow runs restore --run-id {self.run_id}` "
+                "brings it back)"
+            )
+        return None
+
     def _send(self, checkpoint: _Checkpoint | None, metrics: list[list[Metric]]) -> None:
         """Everything in `metrics` belongs to `checkpoint`'s epoch or earlier (put() adds both
         at once), so sending the checkpoint first keeps the order rule."""
@@ -156,6 +250,7 @@ class Outbox:
                 ],
             )
             self._slot = SLOTS[1] if self._slot == SLOTS[0] else SLOTS[0]
+            self._sent_epoch = checkpoint.epoch
             with self._lock:
                 if self._checkpoint is checkpoint:
                     self._checkpoint = None

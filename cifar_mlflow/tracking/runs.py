@@ -21,6 +21,7 @@ import mlflow
 from mlflow.entities import Experiment, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from ..core.errors import UserError
 from .connection import TrackingError, tracking_uri
@@ -74,15 +75,23 @@ def tracked_run(spec: RunSpec) -> Iterator[str]:
 
 
 def _start(spec: RunSpec) -> mlflow.ActiveRun:
+    # A run opened inside another one (a tune's trial inside its configuration's run) is nested
+    # under it: MLflow tags a new one with its parent, and refuses any without `nested`.
+    nested = mlflow.active_run() is not None
     run_id = spec.run_id or launched_run_id()
     if run_id:
         # The fluent API refuses a run outside its active experiment (this process may have
         # worked in another one before): continue in the run's own.
         mlflow.set_experiment(experiment_id=get_run(run_id).info.experiment_id)
-        return mlflow.start_run(run_id=run_id)
+        active = mlflow.start_run(run_id=run_id, nested=nested)
+        if not spec.run_id:  # `mlflow run` made it with a random name: give it the command's
+            MlflowClient().set_tag(run_id, MLFLOW_RUN_NAME, spec.name)
+        return active
     # Not set_experiment(name): it exports MLFLOW_EXPERIMENT_ID into this process's environment,
     # which every process started later (a sweep's children, `mlflow run`) would inherit.
-    return mlflow.start_run(experiment_id=experiment_id(spec.experiment), run_name=spec.name)
+    return mlflow.start_run(
+        experiment_id=experiment_id(spec.experiment), run_name=spec.name, nested=nested
+    )
 
 
 def experiment_id(name: str) -> str:
@@ -104,10 +113,19 @@ def usable(experiment: Experiment) -> Experiment:
     """`experiment`, unless it is deleted (MLflow keeps its name taken)."""
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(
-            f"experiment {experiment.name!r} is deleted: restore it in the MLflow UI, or choose "
+            f"experiment {experiment.name!r} is deleted: restore it (`mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}`, or in the MLflow UI), or choose "
             "another name"
         )
     return experiment
+
+
+def check_experiment(name: str) -> None:
+    """Refuse now, before any work, an experiment a new run could not be filed in: a deleted one.
+    (A name MLflow refuses is stopped by the option's rule, options.EXPERIMENT_NAME.)"""
+    found = MlflowClient().get_experiment_by_name(name)
+    if found is not None:
+        usable(found)
 
 
 def _record_start(run_id: str, spec: RunSpec) -> None:
@@ -125,6 +143,12 @@ def _record_start(run_id: str, spec: RunSpec) -> None:
 def _end_active(status: str, error: BaseException) -> None:
     """Best effort and quick: when the server is what failed, the error that brought us here is
     the one to report."""
+    if getattr(error, "unmarkable", False):
+        # connection.RunRefused for a run deleted (or unreadable) on the server: it cannot be
+        # marked, the error says so, and each try would only add a warning. Leave it here only.
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)
+        return
     with _env(QUICK_EXIT_RETRIES):
         try:
             mlflow.set_tag(FAILURE_TAG, failure_reason(error))
@@ -136,14 +160,15 @@ def _end_active(status: str, error: BaseException) -> None:
             _log.warning("could not mark the run %s (%s)", status, type(e).__name__)
 
 
-def end_abandoned(client: MlflowClient, run_id: str, reason: str) -> str:
+def end_abandoned(client: MlflowClient, run_id: str, reason: str, status: str = FAILED) -> str:
     """End a run its own process left unfinished (killed hard, or dead before it attached):
-    FAILED with `reason`. A run that did end keeps its status. Returns the run's status."""
-    status = client.get_run(run_id).info.status
-    if status in UNFINISHED:
-        client.set_tag(run_id, FAILURE_TAG, reason)
-        client.set_terminated(run_id, FAILED)
-        status = FAILED
+    `status` (FAILED, or KILLED where it was stopped on purpose) with `reason`. A run that did
+    end keeps its status. Returns the run's status."""
+    held = client.get_run(run_id).info.status
+    if held not in UNFINISHED:
+        return held
+    client.set_tag(run_id, FAILURE_TAG, reason)
+    client.set_terminated(run_id, status)
     return status
 
 
@@ -160,14 +185,25 @@ def launched_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
+def mark_launched_run(name: str, tags: Mapping[str, str]) -> None:
+    """Name and tag the run `mlflow run` made for this process when the command records nothing
+    into it (`sweep --dry-run`: tag dry_run), so it is not left a nameless empty run. Outside
+    `mlflow run`, nothing."""
+    run_id = launched_run_id()
+    if run_id:
+        tags = {MLFLOW_RUN_NAME: name, **tags}
+        MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def get_run(run_id: str) -> Run:
     try:
         return MlflowClient().get_run(run_id)
     except MlflowException as e:
-        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+        # INVALID_PARAMETER_VALUE: not even the shape of a run id (MLflow checks it client-side).
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         raise TrackingError(
-            f"no run {run_id} on {tracking_uri()}: check the id (printed when a run starts) and "
+            f"no run {run_id!r} on {tracking_uri()}: check the id (printed when a run starts) and "
             "MLFLOW_TRACKING_URI"
         ) from None
 

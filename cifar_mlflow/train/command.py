@@ -1,6 +1,7 @@
 """`cifar-mlflow train`: its options, made from core.config's choices and defaults and nothing
 heavier, so `--help` loads neither torch nor MLflow. The sweep takes the same options
-(`CONFIG_OPTIONS`), once or repeated."""
+(`CONFIG_OPTIONS`), once or repeated. Each option's type holds its rule (`--help` shows it), so
+a value that makes no sense is refused before anything starts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from click.core import ParameterSource
 
 from ..core import config as cfg
 from ..core.config import DEFAULTS, TrainConfig
-from ..options import HELD_OUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, choice
+from ..core.errors import UserError
+from ..options import (
+    EXPERIMENT_NAME,
+    FRACTION,
+    HELD_OUT,
+    LEARNING_RATE,
+    PER_CLASS_LIMIT,
+    POSITIVE_INT,
+    SEED,
+    choice,
+)
 
 
 def _option(name: str, **kwargs) -> click.Option:
@@ -23,27 +34,34 @@ CONFIG_OPTIONS = [
     _option("model", type=choice(cfg.MODEL_NAMES)),
     _option("activation", type=choice(cfg.ACTIVATION_NAMES)),
     _option("optimizer", type=choice(cfg.OPTIMIZERS), help="sgd; momentum: SGD with --momentum; adam"),
-    _option("lr", type=POSITIVE_FLOAT),
-    _option("momentum", type=NON_NEGATIVE_FLOAT),
-    _option("weight_decay", type=NON_NEGATIVE_FLOAT),
+    _option("lr", type=LEARNING_RATE,
+            help="learning rate, finite and within float32 (what torch steps with); one that "
+                 "diverges ends the run FAILED"),
+    _option("momentum", type=FRACTION, help="SGD momentum of --optimizer momentum"),
+    _option("weight_decay", type=FRACTION, help="L2 weight decay"),
     _option("epochs", type=POSITIVE_INT),
-    _option("batch_size", type=POSITIVE_INT),
-    _option("seed", type=NON_NEGATIVE_INT),
+    _option("batch_size", type=POSITIVE_INT,
+            help="images per step; more than the training images: all of them (logged as "
+                 "batch_size_used)"),
+    _option("seed", type=SEED),
     _option("data_dir", help="torchvision's CIFAR-10 files (downloaded when absent) or "
                              "train/<class>/ + test/<class>/ images"),
-    _option("train_limit", type=NON_NEGATIVE_INT,
-            help="keep the first N/10 training images of each class (0: all)"),
-    _option("test_limit", type=NON_NEGATIVE_INT,
-            help="keep the first N/10 test images of each class (0: all)"),
+    _option("train_limit", type=PER_CLASS_LIMIT,
+            help="keep the first N/10 training images of each class; 0: all, else N >= 10"),
+    _option("test_limit", type=PER_CLASS_LIMIT,
+            help="keep the first N/10 test images of each class; 0: all, else N >= 10"),
     _option("val_size", type=HELD_OUT,
-            help="hold out N training images, or this fraction of them (stratified, seeded), "
-                 "to choose the best epoch on; 0: none (test curves only)"),
+            help="hold out N training images, or this fraction of them (stratified, seeded; at "
+                 "least one per class), to choose the best epoch on; 0: none (test curves only); "
+                 "at least one image per class must be left to train on"),
     _option("schedule", type=choice(cfg.SCHEDULES)),
     _option("device", type=choice(cfg.DEVICES)),
     _option("precision", type=choice(cfg.PRECISIONS), help="auto: bf16 autocast on CUDA, fp32 on CPU"),
     _option("compile", type=click.BOOL, is_flag=False, flag_value="true",
             help="train through torch.compile (`--compile` alone means true)"),
-    _option("experiment", help="MLflow experiment (ignored under `mlflow run`, which chooses it)"),
+    _option("experiment", type=EXPERIMENT_NAME,
+            help="MLflow experiment, not blank, at most 500 characters (ignored under `mlflow "
+                 "run`, which chooses it)"),
     _option("system_metrics", type=click.BOOL,
             help="log CPU, memory and GPU utilisation alongside the run"),
 ]  # fmt: skip
@@ -60,6 +78,8 @@ def train(ctx: click.Context, resume: str | None, **options) -> None:
     from .job import resumed_config, run_training
     from .progress import EpochReporter
 
+    if resume is not None and not resume.strip():  # `--resume "$RUN"` with RUN unset
+        raise click.UsageError("--resume needs a run id (printed when a run starts)")
     if resume:
         given = [n for n in options if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
         if given:
@@ -69,7 +89,12 @@ def train(ctx: click.Context, resume: str | None, **options) -> None:
             )
         config = resumed_config(resume)
     else:
-        config = TrainConfig(**options)
+        try:
+            config = TrainConfig(**options)
+        except UserError as e:  # a rule between options: click's usage error, like the others
+            raise click.UsageError(str(e)) from None
     reporter = EpochReporter(config.epochs)
-    run_id = run_training(config, reporter.on_epoch, reporter.wrap, reporter.on_start, resume=resume)
+    run_id = run_training(
+        config, reporter.on_epoch, reporter.wrap, reporter.on_start, resume=resume
+    )
     click.echo(f"run {run_id} finished")
