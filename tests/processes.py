@@ -22,7 +22,7 @@ from .conftest import MlflowServer
 SMALL_RUN = ("--train-limit", "48", "--test-limit", "20")
 PER_EPOCH_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
                   "images_per_second")  # fmt: skip
-DETERMINISTIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+DETERMINISTIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "lr")
 # `mlflow server` starts in ~20 s, in minutes on a loaded shared machine (measured: 80 s).
 SERVER_START_SECONDS = 300
 

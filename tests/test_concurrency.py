@@ -15,7 +15,7 @@ from .conftest import tiny_train_args
 from .processes import PER_EPOCH_KEYS, TrainingProcess, steps
 
 RUNS = 4
-TINIEST = ("--model", "ghost_resnet18", "--train-limit", "10", "--test-limit", "10",
+TINIEST = ("--model", "ghost_resnet18", "--train-limit", "20", "--test-limit", "10",
            "--batch-size", "10")  # fmt: skip
 
 
@@ -38,10 +38,8 @@ def test_four_concurrent_runs_lose_no_metric_and_no_artifact(image_folder, track
         assert run.info.status == "FINISHED"
         for key in PER_EPOCH_KEYS:
             assert steps(run_id, key) == [1, 2], (run_id, key)
-        assert {"best_test_acc", "model_params", "model_flops"} <= set(run.data.metrics)
+        assert {"final_test_acc", "model_params", "model_flops"} <= set(run.data.metrics)
         assert len(run.data.params) >= 25 and run.data.tags[CHECKPOINT_EPOCH_TAG] == "2"
-        saved = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
-        assert saved == {"checkpoint/model_state.pt"}
         assert {a.path for a in client.list_artifacts(run_id, "resume")} == {
             "resume/slot-0",
             "resume/slot-1",

@@ -4,7 +4,6 @@ registry, `mlflow run -e export` and a real `mlflow models serve` process."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 import requests
 import torch
 from click.testing import CliRunner
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -59,56 +59,70 @@ def accuracy(model, data) -> float:
     return float(np.mean(predicted == data.test.labels))
 
 
-# --- choosing: real runs on the real server, with metrics only (no model is loaded) ---------
+# --- choosing: real runs and LoggedModels on the real server, metadata only (no weights) -----
 
 
-def make_run(experiment_id: str, model: str, status: str, metrics: dict, **tags: str) -> str:
+def make_run(experiment_id: str, model: str, status: str, checkpoints: dict, **tags: str) -> str:
+    """A run of `model` with LoggedModels named like training's: {"best": {"val_acc": ...,
+    "test_acc": ...}, "final": {...}}, their metrics linked to them as training's are."""
     client = MlflowClient()
     run = client.create_run(experiment_id, tags={"model": model, **tags})
-    for key, value in metrics.items():
-        client.log_metric(run.info.run_id, key, value)
+    now = int(time.time() * 1000)
+    for step, (name, metrics) in enumerate(checkpoints.items(), 1):
+        logged = client.create_logged_model(experiment_id, name, run.info.run_id,
+                                            tags={"epoch": str(step)})  # fmt: skip
+        client.log_batch(run.info.run_id, metrics=[
+            Metric(k, v, now, step, model_id=logged.model_id) for k, v in metrics.items()
+        ])  # fmt: skip
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status)
     time.sleep(0.01)  # distinct start times, so "older" is well defined
     return run.info.run_id
 
 
-def test_choose_best_run_skips_runs_that_must_not_win(tracking):
+def best(val_acc: float, test_acc: float = 0.5) -> dict:
+    return {"best": {"val_acc": val_acc, "test_acc": test_acc},
+            "final": {"val_acc": val_acc - 0.1, "test_acc": test_acc}}  # fmt: skip
+
+
+def test_the_champion_is_the_best_validation_checkpoint_of_a_run_that_may_win(tracking):
     exp = mlflow.create_experiment(tracking)
     ghost = "ghost_resnet18"
-    older_best = make_run(exp, ghost, "FINISHED", {"best_test_acc": 0.7})
-    make_run(exp, ghost, "FINISHED", {"best_test_acc": 0.7})  # a tie: the older run keeps it
-    low = make_run(exp, ghost, "FINISHED", {"best_test_acc": 0.5}, optimizer="adam")
-    make_run(exp, ghost, "FINISHED", {"best_test_acc": math.nan})
-    make_run(exp, ghost, "FINISHED", {})  # no metric at all
-    make_run(exp, ghost, "FAILED", {"best_test_acc": 0.99}, failure_reason="diverged: loss nan")
-    make_run(exp, ghost, "KILLED", {"best_test_acc": 0.98})
-    make_run(exp, ghost, "RUNNING", {"best_test_acc": 0.97})
-    make_run(exp, "resnet18", "FINISHED", {"best_test_acc": 0.9})
+    older_best = make_run(exp, ghost, "FINISHED", best(0.7))
+    make_run(exp, ghost, "FINISHED", best(0.7))  # a tie: the older run keeps it
+    low = make_run(exp, ghost, "FINISHED", best(0.5), optimizer="adam")
+    on_test = make_run(exp, ghost, "FINISHED", best(0.6, test_acc=0.95))  # test must not choose
+    make_run(exp, ghost, "FINISHED", {})  # no checkpoint at all
+    make_run(exp, ghost, "FINISHED", {"final": {"test_acc": 0.99}})  # no validation split
+    make_run(exp, ghost, "FAILED", best(0.99), failure_reason="diverged: loss nan")
+    make_run(exp, ghost, "KILLED", best(0.98))
+    make_run(exp, ghost, "RUNNING", best(0.97))
+    make_run(exp, "resnet18", "FINISHED", best(0.9))
 
-    best = choose_best_run(tracking, ghost)
-    assert (best.run_id, best.metric, best.value) == (older_best, "best_test_acc", 0.7)
-    assert best.qualifying_runs == 3
+    champion = choose_best_run(tracking, ghost)
+    assert (champion.run_id, champion.checkpoint.name) == (older_best, "best")
+    assert (champion.metric, champion.value, champion.chosen_on) == ("val_acc", 0.7, "validation")
+    assert champion.run_id != on_test
+    assert champion.qualifying_runs == 4 and champion.left_out == 1
+    assert champion.model_uri == f"models:/{champion.checkpoint.model_id}"
+    assert champion.version_tags()["val_acc"] == "0.7"
+    assert champion.version_tags()["test_acc_at_best"] == "0.5"
     assert choose_best_run(tracking, ghost, extra_filter="tags.optimizer = 'adam'").run_id == low
     assert choose_best_run(tracking, "resnet18").value == 0.9
 
 
-def test_choose_best_run_prefers_the_validation_metric_when_every_run_logs_it(tracking):
+def test_without_validation_the_final_checkpoints_compete_on_the_test_set(tracking):
     exp = mlflow.create_experiment(tracking)
-    by_val = make_run(exp, "resnet18", "FINISHED", {"best_test_acc": 0.6, "best_val_acc": 0.8})
-    by_test = make_run(exp, "resnet18", "FINISHED", {"best_test_acc": 0.9, "best_val_acc": 0.5})
-    best = choose_best_run(tracking, "resnet18")
-    assert (best.run_id, best.metric) == (by_val, "best_val_acc")
-    assert choose_best_run(tracking, "resnet18", metric="best_test_acc").run_id == by_test
-
-    make_run(exp, "resnet18", "FINISHED", {"best_test_acc": 0.7})  # no validation split
-    best = choose_best_run(tracking, "resnet18")
-    assert (best.run_id, best.metric) == (by_test, "best_test_acc")
+    make_run(exp, "resnet18", "FINISHED", {"final": {"test_acc": 0.6}})
+    winner = make_run(exp, "resnet18", "FINISHED", {"final": {"test_acc": 0.8}})
+    champion = choose_best_run(tracking, "resnet18")
+    assert (champion.run_id, champion.checkpoint.name) == (winner, "final")
+    assert (champion.chosen_on, champion.metric, champion.left_out) == ("test", "test_acc", 0)
 
 
 def test_choose_best_run_explains_why_nothing_qualifies(tracking):
     exp = mlflow.create_experiment(tracking)
-    make_run(exp, "ghost_resnet18", "FAILED", {"best_test_acc": 0.9}, failure_reason="diverged")
+    make_run(exp, "ghost_resnet18", "FAILED", best(0.9), failure_reason="diverged")
     with pytest.raises(ChampionError, match="no FINISHED ghost_resnet18 run in experiment"):
         choose_best_run(tracking, "ghost_resnet18")
     with pytest.raises(RegistryError, match="does not exist"):
@@ -123,33 +137,46 @@ def test_choose_best_run_explains_why_nothing_qualifies(tracking):
 @dataclass(frozen=True)
 class Study:
     experiment: str
-    ghost_runs: list[str]
+    peaked: str  # a Ghost run whose val_acc peaks before its last epoch: the champion
+    weaker: str  # a Ghost run with lower val_acc
     data_dir: Path
+
+
+def train_run(data_dir: Path, experiment: str, *extra: str) -> str:
+    args = tiny_train_args(data_dir, experiment, "--model", "ghost_resnet18", *extra)
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return re.search(r"run ([0-9a-f]{32}) finished", result.output).group(1)
+
+
+def load_checkpoint(run_id: str, name: str):
+    model_id = MlflowClient().get_run(run_id).data.tags[f"{name}_model_id"]
+    return mlflow.pytorch.load_model(f"models:/{model_id}")
+
+
+def metrics_of(run_id: str) -> dict[str, float]:
+    return MlflowClient().get_run(run_id).data.metrics
 
 
 @pytest.fixture(scope="module")
 def study(mlflow_server, image_folder):
-    """Two real Ghost runs, and a failed Ghost run that would win on its metric: ~20 s of CPU.
-    (Other model families and unfinished runs are left to the cheaper tests above.)"""
+    """Two real Ghost runs with a validation split (the default), and a failed Ghost run that
+    would win on its metric: ~30 s of CPU. (Runs that must not win, and runs without
+    validation, are left to the cheaper tests above.)"""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
         for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             mp.delenv(name, raising=False)
         mlflow.set_tracking_uri(mlflow_server.uri)
         experiment = f"export-{uuid.uuid4().hex[:8]}"
-        run_ids = []
-        for lr in ("0.05", "0.01"):
-            args = tiny_train_args(image_folder, experiment, "--model", "ghost_resnet18", "--lr", lr,
-                                   "--epochs", "1")  # fmt: skip
-            result = CliRunner().invoke(cli, args, catch_exceptions=False)
-            assert result.exit_code == 0, result.output
-            run_ids.append(re.search(r"run ([0-9a-f]{32}) finished", result.output).group(1))
+        # Measured on this data (seed 0, CPU, so every run repeats it): val_acc 0.1, 0.2, 0.1.
+        peaked = train_run(image_folder, experiment, "--lr", "0.05", "--epochs", "3")
+        weaker = train_run(image_folder, experiment, "--lr", "0.001", "--epochs", "1")
+        assert metrics_of(peaked)["best_epoch"] < 3, "the data changed: pick another peaked run"
+        assert metrics_of(peaked)["best_val_acc"] > metrics_of(weaker)["best_val_acc"]
         exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
-        make_run(
-            exp_id, "ghost_resnet18", "FAILED", {"best_test_acc": 1.0}, failure_reason="diverged"
-        )
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set by mlflow.set_experiment in train
-        yield Study(experiment, run_ids, image_folder)
+        make_run(exp_id, "ghost_resnet18", "FAILED", best(1.0), failure_reason="diverged")
+        yield Study(experiment, peaked, weaker, image_folder)
 
 
 @dataclass(frozen=True)
@@ -162,9 +189,9 @@ class Exported:
 
 @pytest.fixture(scope="module")
 def exported(study):
+    """`cifar-mlflow export` with no --data-dir: the data is the champion run's."""
     name = f"cifar10-ghost-{uuid.uuid4().hex[:6]}"
-    result = invoke("export", "--experiment", study.experiment, "--data-dir", str(study.data_dir),
-                    "--name", name)  # fmt: skip
+    result = invoke("export", "--experiment", study.experiment, "--name", name)
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     version = client.get_model_version_by_alias(name, "champion")
@@ -172,22 +199,44 @@ def exported(study):
     return Exported(result, name, version, export_run)
 
 
-def test_export_registers_the_best_finished_ghost_run(study, exported):
-    client = MlflowClient()
-    ghost = [client.get_run(r) for r in study.ghost_runs]
-    best_value = max(r.data.metrics["best_test_acc"] for r in ghost)
-    champion = client.get_run(exported.version.run_id)
-    assert exported.version.run_id in study.ghost_runs  # not the failed run
-    assert champion.data.metrics["best_test_acc"] == best_value
-    assert exported.version.tags["source_run_id"] == champion.info.run_id
-    assert exported.version.tags["metric"] == "best_test_acc"
-    assert float(exported.version.tags["metric_value"]) == best_value
-    assert exported.version.tags["model_params"] == "5706186"
+def test_export_registers_the_best_validation_checkpoint_not_the_last(study, exported):
+    champion = MlflowClient().get_run(study.peaked)
+    metrics, tags = champion.data.metrics, exported.version.tags
+    assert exported.version.run_id == study.peaked  # not the failed run, nor the weaker one
+    assert exported.version.source == f"models:/{champion.data.tags['best_model_id']}"
+    assert tags["checkpoint"] == "best" and int(tags["epoch"]) == metrics["best_epoch"]
+    assert float(tags["val_acc"]) == metrics["best_val_acc"]
+    assert float(tags["test_acc_at_best"]) == metrics["test_acc_at_best"]
+    assert tags["model_params"] == "5706186"
+    assert tags["data_digest"] == champion.data.params["data_digest"]
     assert f"models:/{exported.name}@champion" in exported.result.output
 
+
+def test_the_registered_weights_are_those_of_the_best_epoch(study, exported, tracking):
+    """The same run stopped at its best epoch (same seed, constant schedule: on a CPU the same
+    steps bit for bit) ends with the weights that the champion must hold."""
+    best_epoch = int(metrics_of(study.peaked)["best_epoch"])
+    at_best = train_run(study.data_dir, tracking, "--lr", "0.05", "--epochs", str(best_epoch))
+    images = torch.from_numpy(as_model_input(load_cifar10(study.data_dir).test.images))
+    with torch.no_grad():
+        registered = mlflow.pytorch.load_model(f"models:/{exported.name}@champion")(images)
+        expected = load_checkpoint(at_best, "final")(images)
+        last = load_checkpoint(study.peaked, "final")(images)
+    assert torch.allclose(registered, expected, atol=1e-5)
+    assert not torch.allclose(registered, last, atol=1e-3)  # the last epoch is another model
+
+
+def test_the_champion_loads_without_pickle_and_scores_what_training_logged(
+    study, exported, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     model = mlflow.pytorch.load_model(f"models:/{exported.name}@champion")
     data = load_cifar10(study.data_dir)
-    assert accuracy(model, data) == pytest.approx(champion.data.metrics["test_acc"])
+    assert accuracy(model, data) == pytest.approx(metrics_of(study.peaked)["test_acc_at_best"])
+    classes = mlflow.models.get_model_info(f"models:/{exported.name}@champion").metadata["classes"]
+    assert classes == list(CLASSES)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{exported.name}@champion")
+    assert pyfunc.predict(as_model_input(data.test.images[:3])).shape == (3, len(CLASSES))
 
 
 def test_exported_files_agree_with_the_registered_model(study, exported, tmp_path):
@@ -195,7 +244,7 @@ def test_exported_files_agree_with_the_registered_model(study, exported, tmp_pat
     folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="deployment",
                                                       dst_path=str(tmp_path)))  # fmt: skip
     images = as_model_input(load_cifar10(study.data_dir).test.images)
-    model = mlflow.pytorch.load_model(f"models:/{exported.name}@champion").eval()
+    model = mlflow.pytorch.load_model(f"models:/{exported.name}@champion")
     with torch.no_grad():
         expected = model(torch.from_numpy(images)).numpy()
     with torch.no_grad():
@@ -208,6 +257,7 @@ def test_exported_files_agree_with_the_registered_model(study, exported, tmp_pat
     assert info["input"]["range"] == [0.0, 1.0] and info["input"]["shape"] == ["N", 3, 32, 32]
     assert info["input"]["mean"] == [0.4914, 0.4822, 0.4465]
     assert info["source"]["version"] == exported.version.version
+    assert info["source"]["checkpoint"] == "best"
     metrics = exported.export_run.data.metrics
     assert metrics["onnx_max_abs_diff"] <= 1e-4 and metrics["torchscript_max_abs_diff"] <= 1e-4
 
@@ -215,8 +265,12 @@ def test_exported_files_agree_with_the_registered_model(study, exported, tmp_pat
 def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_path):
     run = exported.export_run
     metrics = run.data.metrics
-    assert metrics["test_acc"] == pytest.approx(metrics["training_test_acc"])
+    assert metrics["champion_test_acc"] == pytest.approx(metrics["training_logged_test_acc"])
     assert run.data.tags["export_of"] == exported.version.run_id
+    assert "checkpoint `best`" in run.data.tags["mlflow.note.content"]
+    # Its own names only: nothing that would land in the training runs' charts and columns.
+    training = set(metrics_of(study.peaked))
+    assert not set(metrics) & training, set(metrics) & training
 
     table = MlflowClient().load_table(run.info.experiment_id, "evaluation/per_class_metrics.json",
                                       run_ids=[run.info.run_id])  # fmt: skip
@@ -224,8 +278,8 @@ def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_pa
     assert table["support"].sum() == 40
     # recall of a class is its correct predictions over its images, so they add up to accuracy
     correct = (table["recall"] * table["support"]).sum()
-    assert correct / 40 == pytest.approx(metrics["test_acc"], abs=1e-3)
-    assert metrics["macro_f1"] == pytest.approx(table["f1"].mean(), abs=1e-3)
+    assert correct / 40 == pytest.approx(metrics["champion_test_acc"], abs=1e-3)
+    assert metrics["champion_macro_f1"] == pytest.approx(table["f1"].mean(), abs=1e-3)
 
     png = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path),
                                               artifact_path="evaluation/confusion_matrix.png")  # fmt: skip
@@ -234,13 +288,13 @@ def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_pa
 
 
 def test_exporting_the_same_champion_again_adds_no_version(study, exported, mlflow_server):
-    """Through `mlflow run -e export`, the entry point users are told about."""
+    """Through `mlflow run -e export`, the entry point users are told about, with no data_dir:
+    the data follows the run."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri,
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
     command = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local",
                "-e", "export", "--experiment-name", study.experiment,
-               "-P", f"experiment={study.experiment}", "-P", f"data_dir={study.data_dir}",
-               "-P", f"name={exported.name}"]  # fmt: skip
+               "-P", f"experiment={study.experiment}", "-P", f"name={exported.name}"]  # fmt: skip
     result = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=300, check=False
     )
@@ -261,11 +315,11 @@ def test_exporting_the_same_champion_again_adds_no_version(study, exported, mlfl
 
 def test_a_new_champion_gets_a_new_version_and_a_failed_alias_leaves_nothing(study, exported):
     client = MlflowClient()
-    other = next(r for r in study.ghost_runs if r != exported.version.run_id)
     candidate = choose_best_run(study.experiment, "ghost_resnet18",
-                                extra_filter=f"attributes.run_id = '{other}'")  # fmt: skip
+                                extra_filter=f"attributes.run_id = '{study.weaker}'")  # fmt: skip
+
     def register_as(alias: str):
-        return register(candidate.model_uri, candidate.run_id, exported.name, alias,
+        return register(candidate.checkpoint.model_id, candidate.run_id, exported.name, alias,
                         candidate.version_tags())  # fmt: skip
 
     with pytest.raises(RegistryError, match="nothing was registered"):
@@ -274,26 +328,37 @@ def test_a_new_champion_gets_a_new_version_and_a_failed_alias_leaves_nothing(stu
 
     registration = register_as("challenger")
     assert registration.created and registration.version != exported.version.version
-    assert client.get_model_version_by_alias(exported.name, "challenger").run_id == other
-    assert client.get_model_version_by_alias(exported.name, "champion").run_id != other
+    assert client.get_model_version_by_alias(exported.name, "challenger").run_id == study.weaker
+    assert client.get_model_version_by_alias(exported.name, "champion").run_id == study.peaked
 
 
 def test_export_errors_are_one_line_and_register_nothing(study, mlflow_server, monkeypatch):
     name = f"never-{uuid.uuid4().hex[:6]}"
-    base = ("export", "--experiment", study.experiment, "--data-dir", str(study.data_dir),
-            "--name", name)  # fmt: skip
+    base = ("export", "--experiment", study.experiment, "--name", name)
     result = invoke(*base, "--filter", "params.lr = '9'")
     assert_one_line_error(result, "no FINISHED ghost_resnet18 run matching --filter")
     assert_one_line_error(invoke(*base, "--alias", "latest"), "--alias 'latest'")
-    assert_one_line_error(invoke(*base, "--metric", "no_such_metric"), "no_such_metric")
     assert_one_line_error(invoke("export", "--model", "vgg16"), "vgg16", exit_code=2)
     not_cifar = study.data_dir / "test"  # holds class folders, not train/ and test/
-    assert_one_line_error(invoke(*base, "--data-dir", str(not_cifar)), "holds no CIFAR-10")
+    result = invoke(*base, "--data-dir", str(not_cifar))  # after the line naming the champion
+    assert result.exit_code == 1 and result.output.count("error: ") == 1, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: data directory")
     assert_not_registered(name)
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("CIFAR_MLFLOW_SERVER_WAIT", "1")  # default 10 s: tests/test_cli_errors.py
     assert_one_line_error(invoke(*base), "unreachable")
+
+
+def test_export_names_the_data_folder_that_is_gone(tracking, tmp_path):
+    exp = mlflow.create_experiment(tracking)
+    run_id = make_run(exp, "ghost_resnet18", "FINISHED", best(0.5))
+    gone = tmp_path / "moved-away"
+    MlflowClient().log_param(run_id, "data_source", f"image-folder:{gone}")
+    result = invoke("export", "--experiment", tracking, "--name", f"never-{uuid.uuid4().hex[:6]}")
+    assert result.exit_code == 1 and result.output.count("error: ") == 1, result.output
+    last = result.output.strip().splitlines()[-1]  # after the line naming the champion
+    assert last.startswith("error: ") and str(gone) in last and "--data-dir" in last
 
 
 # --- predict and serving ---------------------------------------------------------------------

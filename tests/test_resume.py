@@ -42,15 +42,15 @@ def train(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-def final_weights(run_id: str) -> dict[str, torch.Tensor]:
-    path = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="checkpoint/model_state.pt"
-    )
-    return torch.load(path, weights_only=True)
+def logged_weights(run_id: str, checkpoint: str) -> dict[str, torch.Tensor]:
+    """The weights of the run's LoggedModel `checkpoint` ("best" or "final")."""
+    model_id = MlflowClient().get_run(run_id).data.tags[f"{checkpoint}_model_id"]
+    return mlflow.pytorch.load_model(f"models:/{model_id}").state_dict()
 
 
 def assert_same_as(run_id: str, reference: str) -> None:
-    """Each epoch logged exactly once, with the reference's values and final weights."""
+    """Each epoch logged exactly once, with the reference's values, and the same `best` and
+    `final` models: the best-so-far weights survived the crash."""
     client = MlflowClient()
     run, ref = client.get_run(run_id), client.get_run(reference)
     assert run.info.status == "FINISHED"
@@ -59,10 +59,12 @@ def assert_same_as(run_id: str, reference: str) -> None:
         assert steps(run_id, key) == [1, 2, 3], key
     for key in DETERMINISTIC_KEYS:
         assert history(run_id, key) == history(reference, key), key
-    assert run.data.metrics["best_test_acc"] == ref.data.metrics["best_test_acc"]
-    mine, theirs = final_weights(run_id), final_weights(reference)
-    assert mine.keys() == theirs.keys() and len(mine) > 100  # every tensor of ResNet-18
-    assert [k for k in mine if not torch.equal(mine[k], theirs[k])] == []
+    for key in ("best_epoch", "best_val_acc", "test_acc_at_best", "final_test_acc"):
+        assert run.data.metrics[key] == ref.data.metrics[key], key
+    for name in ("best", "final"):
+        mine, theirs = logged_weights(run_id, name), logged_weights(reference, name)
+        assert mine.keys() == theirs.keys() and len(mine) > 100  # every tensor of ResNet-18
+        assert [k for k in mine if not torch.equal(mine[k], theirs[k])] == [], name
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,9 @@ def train(*args: str):
 @pytest.mark.parametrize("layout", ["image_folder", "torchvision_dir"])
 def test_train_records_everything(layout, request, tracking):
     data_dir = request.getfixturevalue(layout)
-    result = train(*tiny_train_args(data_dir, tracking, "--model", "ghost_resnet18", "--val-size", "20"))
+    result = train(
+        *tiny_train_args(data_dir, tracking, "--model", "ghost_resnet18", "--val-size", "20")
+    )
     assert result.exit_code == 0, result.output
 
     # Not a terminal: one summary line per epoch, no progress bar.
@@ -56,27 +58,43 @@ def test_train_records_everything(layout, request, tracking):
         assert [m.step for m in history] == [1, 2], key
     for key in ("train_acc", "test_acc", "val_acc"):
         assert all(0 <= m.value <= 1 for m in client.get_metric_history(run.info.run_id, key))
-    test_acc = client.get_metric_history(run.info.run_id, "test_acc")
-    assert run.data.metrics["best_test_acc"] == max(m.value for m in test_acc)
-    assert "best_val_acc" in run.data.metrics
-    assert run.data.metrics["model_params"] == 5706186
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-    assert artifacts == {"checkpoint/model_state.pt"}
+    test_acc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_acc")}
+    val_acc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
+    metrics = run.data.metrics
+    best = min(e for e in val_acc if val_acc[e] == max(val_acc.values()))  # ties: the earlier
+    assert (metrics["best_epoch"], metrics["best_val_acc"]) == (best, val_acc[best])
+    assert metrics["test_acc_at_best"] == test_acc[best]  # reported, never used to choose
+    assert metrics["final_test_acc"] == test_acc[2] and "best_test_acc" not in metrics
+    assert metrics["model_params"] == 5706186
+    # Storage stays bounded: the two LoggedModels live with the models; the run holds the
+    # resume checkpoint only.
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"resume"}
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
+    assert sorted((m.name, m.tags["epoch"]) for m in models) == [
+        ("best", str(best)),
+        ("final", "2"),
+    ]
+    inputs = {i.dataset.name: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"cifar10-train", "cifar10-val", "cifar10-test"}
+    assert run.data.params["data_digest"] and all(d.digest for d in inputs.values())
 
 
-def test_logged_model_reproduces_test_acc(image_folder, tracking):
+def test_logged_model_reproduces_test_acc_without_pickle(image_folder, tracking, monkeypatch):
     result = train(*tiny_train_args(image_folder, tracking, "--epochs", "1"))
     assert result.exit_code == 0, result.output
     run = only_run(tracking)
     data = load_cifar10(image_folder)
     images = as_model_input(data.test.images)
 
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model").eval()
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/final")
     with torch.no_grad():
         predicted = model(torch.from_numpy(images)).argmax(1).numpy()
     assert np.mean(predicted == data.test.labels) == pytest.approx(run.data.metrics["test_acc"])
 
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/final")
     logits = np.asarray(pyfunc.predict(images))
     assert logits.shape == (len(images), 10)
     assert (logits.argmax(1) == predicted).all()

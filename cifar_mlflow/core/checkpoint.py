@@ -2,7 +2,8 @@
 
 The state is everything the next epoch depends on: weights, optimizer and schedule state, every
 random number generator (torch, numpy, Python, and the one that shuffles and augments the training
-batches), and the epochs done with their metrics. Restored into a freshly built Trainer, the rest
+batches), the epochs done with their metrics, and the best epoch's weights so far (the run's
+`best` model, core/selection.py). Restored into a freshly built Trainer, the rest
 of a run on a CPU is bitwise identical to an uninterrupted one (tests/test_resume.py).
 
 Files are written under a temporary name and renamed, so a reader finds a whole checkpoint or
@@ -23,17 +24,19 @@ from .config import TrainConfig
 from .engine import EpochMetrics, Trainer
 from .errors import UserError
 from .files import atomic_write
+from .selection import BestWeights
 
-FORMAT = "cifar-mlflow-checkpoint-1"
+FORMAT = "cifar-mlflow-checkpoint-2"  # 2: with the best epoch's weights
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used to continue this run."""
 
 
-def capture(trainer: Trainer, history: list[EpochMetrics]) -> dict:
+def capture(trainer: Trainer, history: list[EpochMetrics], best: BestWeights) -> dict:
     """The state after the last epoch in `history` (call it before the next epoch starts)."""
     return {
+        "best": best.state(history[-1].epoch),
         "format": FORMAT,
         "epoch": history[-1].epoch,
         "device_type": trainer.device.type,
@@ -83,13 +86,14 @@ def check_matches(state: dict, config: TrainConfig, device: torch.device) -> Non
         )
 
 
-def restore(trainer: Trainer, state: dict) -> list[EpochMetrics]:
-    """Put `state` into `trainer`; returns the epochs already done."""
+def restore(trainer: Trainer, state: dict) -> tuple[list[EpochMetrics], BestWeights]:
+    """Put `state` into `trainer`; returns the epochs already done and the best so far."""
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.schedule.load_state_dict(state["schedule"])
     _set_rng_states(trainer, state["rng"])
-    return [EpochMetrics(**m) for m in state["history"]]
+    best = BestWeights.from_state(state["best"], trainer.model, state["epoch"])
+    return [EpochMetrics(**m) for m in state["history"]], best
 
 
 def _rng_states(trainer: Trainer) -> dict:

@@ -1,5 +1,12 @@
-"""Which run of a model family is the champion, from run metadata only, so it fails fast
-(before any model is loaded). tracking.registry finds the candidates and registers the winner."""
+"""Which checkpoint of a model family is the champion, from metadata only, so it fails fast
+(before any model is loaded or any image decoded).
+
+Every training run logs a `final` LoggedModel and, with a validation split, a `best` one (the
+epoch with the highest val_acc). The champion is the `best` checkpoint with the highest
+validation accuracy among the FINISHED, non-diverged runs of the family: the test set chooses
+nothing. Only when no run has a validation split do the `final` checkpoints compete, on their
+test accuracy, and the champion then says that it was chosen on the test set.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
-from ..tracking.registry import candidate_runs
+from ..tracking.history import where_training_runs_are
+from ..tracking.registry import candidate_runs, checkpoints_of
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
+    from mlflow.entities import LoggedModel, Run
 
-TEST_METRIC = "best_test_acc"
-VALIDATION_METRIC = "best_val_acc"
+ON_VALIDATION, ON_TEST = "validation", "test"
 
 
 class ChampionError(UserError):
@@ -24,9 +31,10 @@ class ChampionError(UserError):
 @dataclass(frozen=True)
 class Candidate:
     run: Run
-    metric: str
-    value: float
+    checkpoint: LoggedModel
+    chosen_on: str  # ON_VALIDATION (best checkpoints by val_acc) or ON_TEST (final by test_acc)
     qualifying_runs: int  # how many runs competed, for the report
+    left_out: int = 0  # runs without validation, left out because others have it
 
     @property
     def run_id(self) -> str:
@@ -34,52 +42,77 @@ class Candidate:
 
     @property
     def model_uri(self) -> str:
-        # Training tags the run with its LoggedModel's URI (models:/m-...); runs:/ also resolves.
-        return self.run.data.tags.get("model_uri") or f"runs:/{self.run_id}/model"
+        return f"models:/{self.checkpoint.model_id}"
+
+    @property
+    def metric(self) -> str:
+        return "val_acc" if self.chosen_on == ON_VALIDATION else "test_acc"
+
+    @property
+    def value(self) -> float:
+        return checkpoint_metric(self.checkpoint, self.metric)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.checkpoint.tags["epoch"])
+
+    @property
+    def test_acc(self) -> float:
+        """The test accuracy training measured for this checkpoint (test_acc_at_best for a
+        `best`, final_test_acc for a `final`)."""
+        return checkpoint_metric(self.checkpoint, "test_acc")
 
     def version_tags(self) -> dict[str, str]:
         """What the registered version says of where it came from."""
-        return {
+        params = self.run.data.params
+        tags = {
             "source_run_id": self.run_id,
-            "metric": self.metric,
-            "metric_value": repr(self.value),
-            "model_params": self.run.data.params.get("model_params", "unknown"),
+            "checkpoint": self.checkpoint.name,
+            "epoch": str(self.epoch),
+            "chosen_on": self.chosen_on,
+            "test_acc_at_best" if self.chosen_on == ON_VALIDATION else "final_test_acc":
+                repr(self.test_acc),
+            "model_params": params.get("model_params", "unknown"),
+            "data_digest": params.get("data_digest", "unknown"),
             "model": self.run.data.tags.get("model", "unknown"),
-        }
+        }  # fmt: skip
+        if self.chosen_on == ON_VALIDATION:
+            tags["val_acc"] = repr(self.value)
+        return tags
 
 
-def choose_best_run(
-    experiment: str, model: str, metric: str = "", extra_filter: str = ""
-) -> Candidate:
-    """The best FINISHED, non-failed run of `model` in `experiment` (see choose_best)."""
+def checkpoint_metric(checkpoint: LoggedModel, key: str) -> float:
+    return next((m.value for m in checkpoint.metrics or [] if m.key == key), math.nan)
+
+
+def choose_best_run(experiment: str, model: str, extra_filter: str = "") -> Candidate:
+    """The champion checkpoint of `model` in `experiment` (see choose_best)."""
     runs = candidate_runs(experiment, model, extra_filter)
-    metric = metric or default_metric(runs)
-    best = choose_best(runs, metric)
+    best = choose_best(runs, checkpoints_of(runs))
     if best is None:
         where = f" matching --filter {extra_filter!r}" if extra_filter.strip() else ""
         raise ChampionError(
-            f"no FINISHED {model} run{where} in experiment {experiment!r} has a {metric} metric: "
-            f"train one (cifar-mlflow train --model {model} --experiment {experiment}) "
-            "or change --experiment, --filter or --metric"
+            f"no FINISHED {model} run{where} in experiment {experiment!r} has a logged `best` "
+            f"or `final` checkpoint: train one (cifar-mlflow train --model {model} "
+            f"--experiment {experiment!r}) or change --experiment or --filter"
+            f"{where_training_runs_are(experiment) if not runs else ''}"
         )
     return best
 
 
-def choose_best(runs: list[Run], metric: str = "") -> Candidate | None:
-    """The run with the highest `metric`; runs where it is missing or NaN do not compete.
-    Without `metric`, the validation metric when every run logs it, else the test metric. Ties
-    go to the older run, so a later run with an equal score does not take the champion's place.
-    None when no run has the metric."""
-    metric = metric or default_metric(runs)
-    scored = [(r, r.data.metrics.get(metric)) for r in runs]
-    scored = [(r, v) for r, v in scored if v is not None and not math.isnan(v)]
-    if not scored:
-        return None
-    run, value = max(scored, key=lambda rv: (rv[1], -rv[0].info.start_time))
-    return Candidate(run, metric, value, len(scored))
-
-
-def default_metric(runs: list[Run]) -> str:
-    if runs and all(VALIDATION_METRIC in r.data.metrics for r in runs):
-        return VALIDATION_METRIC
-    return TEST_METRIC
+def choose_best(runs: list[Run], checkpoints: list[LoggedModel]) -> Candidate | None:
+    """The `best` checkpoint with the highest val_acc; when no run has one, the `final` with the
+    highest test_acc. Checkpoints whose metric is missing or NaN do not compete; ties go to the
+    older run, so a later run with an equal score does not take the champion's place."""
+    by_run = {r.info.run_id: r for r in runs}
+    for name, chosen_on, metric in (("best", ON_VALIDATION, "val_acc"),
+                                    ("final", ON_TEST, "test_acc")):  # fmt: skip
+        scored = [(by_run[c.source_run_id], c, checkpoint_metric(c, metric))
+                  for c in checkpoints if c.name == name and c.source_run_id in by_run]  # fmt: skip
+        scored = [(r, c, v) for r, c, v in scored if not math.isnan(v)]
+        if scored:
+            run, checkpoint, _ = max(scored, key=lambda s: (s[2], -s[0].info.start_time))
+            competing = {r.info.run_id for r, _, _ in scored}
+            others = {c.source_run_id for c in checkpoints if c.source_run_id in by_run}
+            return Candidate(run, checkpoint, chosen_on, len(competing), len(others - competing))
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.config import DEFAULT_EXPERIMENT, DEFAULTS
+from ..core.config import DEFAULT_EXPERIMENT
 
 DEFAULT_MODEL = "ghost_resnet18"
 DEFAULT_ALIAS = "champion"
@@ -23,12 +23,12 @@ DEFAULT_MODEL_URI = f"models:/{registered_name(DEFAULT_MODEL)}@{DEFAULT_ALIAS}"
 class ExportConfig:
     model: str = DEFAULT_MODEL
     experiment: str = DEFAULT_EXPERIMENT
-    metric: str = ""  # "": best_val_acc when every candidate run logs it, else best_test_acc
     filter: str = ""  # an MLflow search filter ANDed with the family and FINISHED conditions
     name: str = ""  # "": cifar10-<model>
     alias: str = DEFAULT_ALIAS
-    data_dir: str = DEFAULTS.data_dir
-    test_limit: int = DEFAULTS.test_limit
+    # None: the data the champion's run trained on (its data source and test limit).
+    data_dir: str | None = None
+    test_limit: int | None = None
 
     @property
     def registered_name(self) -> str:

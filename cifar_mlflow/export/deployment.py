@@ -37,8 +37,8 @@ class ExportedFiles:
 
 
 def logits_of(model: nn.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Logits of a [0, 1] float32 (N, 3, 32, 32) array, computed in batches on the CPU."""
-    model.eval()
+    """Logits of a [0, 1] float32 (N, 3, 32, 32) array, computed in batches on the CPU. `model`
+    is in eval mode already: MLflow loads models so, and a pt2 model cannot switch mode."""
     with torch.inference_mode():
         parts = [
             model(torch.from_numpy(images[i : i + batch_size])).float().numpy()

@@ -1,9 +1,10 @@
-"""`cifar-mlflow export`'s work: register the best run of a model family as the champion, export
-it for deployment, and re-evaluate it, all recorded in an export run of its own.
+"""`cifar-mlflow export`'s work: register the best checkpoint of a model family as the champion
+(champion.py says which), export it for deployment, and re-evaluate it on the data its run
+trained on, all recorded in an export run of its own.
 
-Order matters for failures: everything that can fail on bad input or a bad model (loading the
-data, choosing the run, loading its model, exporting and checking the files, evaluating) happens
-before the registry is touched, so an error leaves nothing registered. The export run comes last
+Order matters for failures: everything that can fail on bad input or a bad model (choosing the
+checkpoint, loading the data, loading its model, exporting and checking the files, evaluating)
+happens before the registry is touched, so an error leaves nothing registered. The export run comes last
 and holds the TorchScript and ONNX files, model_info.json and the evaluation.
 """
 
@@ -13,16 +14,24 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..core.data import Cifar10, as_model_input, load_cifar10
+from torch import nn
+
+from ..core.data import MEAN, STD, Cifar10, as_model_input, load_cifar10
+from ..core.models import Normalized, build_model
 from ..tracking import connection, records, registry
-from ..tracking.models import load_model
+from ..tracking.datasets import logged_digest, split_digest
+from ..tracking.models import load_model, model_classes
 from ..tracking.registry import Registration
 from ..tracking.runs import JOB_TAG, RunSpec, tracked_run
-from .champion import Candidate, ChampionError, choose_best_run
+from .champion import ON_TEST, Candidate, ChampionError, choose_best_run
 from .config import ExportConfig
 from .deployment import ExportedFiles, export_and_verify, logits_of, model_info, write_model_info
 from .evaluation import Evaluation, evaluate
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 CHECK_IMAGES = 256  # test images each exported file is checked on
 
@@ -40,12 +49,11 @@ class ExportResult:
 def export_champion(config: ExportConfig, report: Callable[[str], None]) -> ExportResult:
     connection.connect()
     registry.check_alias(config.alias)
-    data = load_cifar10(config.data_dir, test_limit=config.test_limit)
-    candidate = choose_best_run(config.experiment, config.model, config.metric, config.filter)
-    report(f"best of {candidate.qualifying_runs} qualifying {config.model} run(s): "
-           f"{candidate.run_id} ({candidate.run.info.run_name}), "
-           f"{candidate.metric} {candidate.value:.4f}")  # fmt: skip
-    model = load_model(candidate.model_uri)
+    candidate = choose_best_run(config.experiment, config.model, config.filter)
+    report(describe_choice(candidate))
+    data = load_cifar10(data_dir_of(config, candidate), test_limit=test_limit_of(config, candidate))
+    classes = model_classes(candidate.model_uri) or data.classes
+    model = as_trained_module(load_model(candidate.model_uri), candidate.run, classes)
     inputs = as_model_input(data.test.images)
 
     with tempfile.TemporaryDirectory(prefix="cifar-mlflow-export-") as tmp:
@@ -54,44 +62,88 @@ def export_champion(config: ExportConfig, report: Callable[[str], None]) -> Expo
         report(f"TorchScript and ONNX exports match the model on {min(len(inputs), CHECK_IMAGES)} "
                f"test images (max |logit diff| {files.torchscript_max_diff:.1e} and "
                f"{files.onnx_max_diff:.1e})")  # fmt: skip
-        scores = evaluate(data.test.labels, logits_of(model, inputs).argmax(1), data.classes)
+        scores = evaluate(data.test.labels, logits_of(model, inputs).argmax(1), classes)
         trained = check_agreement(candidate, data, scores)
-        registration = registry.register(candidate.model_uri, candidate.run_id,
+        registration = registry.register(candidate.checkpoint.model_id, candidate.run_id,
                                          config.registered_name, config.alias,
                                          candidate.version_tags())  # fmt: skip
         report(f"{'registered' if registration.created else 'already registered:'} "
                f"{registration.name} version {registration.version}, alias {registration.alias}")  # fmt: skip
         source = {"registered_model": registration.name, "version": registration.version,
-                  "alias": registration.alias, "run_id": candidate.run_id}  # fmt: skip
-        write_model_info(model_info(model, data.classes, source), folder)
+                  "alias": registration.alias, "run_id": candidate.run_id,
+                  "checkpoint": candidate.checkpoint.name, "epoch": candidate.epoch}  # fmt: skip
+        write_model_info(model_info(model, classes, source), folder)
         run_id = log_export(config, candidate, registration, files, scores, trained, data, folder)
     return ExportResult(candidate, registration, files, scores, trained, run_id)
 
 
-def training_test_acc(candidate: Candidate, data: Cifar10) -> float | None:
-    """The final test accuracy training logged, when it was measured on these very images (the
-    logged model is the last epoch's, so the last test_acc is the one to compare with)."""
-    params = candidate.run.data.params
-    same_images = params.get("data_source") == data.source and params.get("test_images") == str(
-        len(data.test)
-    )
-    return candidate.run.data.metrics.get("test_acc") if same_images else None
+def describe_choice(candidate: Candidate) -> str:
+    """The report's line on which checkpoint won and on what; a choice made on the test set
+    says so."""
+    line = (f"best of {candidate.qualifying_runs} qualifying run(s): {candidate.run_id} "
+            f"({candidate.run.info.run_name}), checkpoint `{candidate.checkpoint.name}` of epoch "
+            f"{candidate.epoch}, {candidate.metric} {candidate.value:.4f}")  # fmt: skip
+    if candidate.left_out:
+        line += f"; {candidate.left_out} run(s) without a validation split left out"
+    if candidate.chosen_on == ON_TEST:
+        line += f"; {TEST_CHOICE}"
+    return line
+
+
+TEST_CHOICE = ("chosen on the TEST set: no run has a validation split, so its accuracy is "
+               "optimistic (train with --val-size > 0 to choose on validation)")  # fmt: skip
+
+
+def data_dir_of(config: ExportConfig, candidate: Candidate) -> str:
+    """--data-dir, else the folder the champion's run read its images from."""
+    if config.data_dir is not None:
+        return config.data_dir
+    source = candidate.run.data.params.get("data_source", "")
+    folder = source.split(":", 1)[1] if ":" in source else ""
+    if not folder:
+        raise ChampionError(f"run {candidate.run_id} logged no data_source: pass --data-dir")
+    if not Path(folder).exists():
+        raise ChampionError(
+            f"run {candidate.run_id} trained on {folder}, which no longer exists: pass "
+            "--data-dir with CIFAR-10's location"
+        )
+    return folder
+
+
+def test_limit_of(config: ExportConfig, candidate: Candidate) -> int:
+    if config.test_limit is not None:
+        return config.test_limit
+    return int(float(candidate.run.data.params.get("test_limit", "0")))
+
+
+def as_trained_module(loaded: nn.Module, run: Run, classes: tuple[str, ...]) -> nn.Module:
+    """The checkpoint's weights in our own model class. A pt2 model loads as a torch.fx
+    GraphModule, which can neither switch to eval() nor be traced to TorchScript; its state dict
+    has our parameter names, so our class takes it as it is (strict: every name must match)."""
+    params = run.data.params
+    module = Normalized(build_model(params["model"], params["activation"], len(classes)), MEAN, STD)
+    module.load_state_dict(loaded.state_dict())
+    return module.eval()
 
 
 def check_agreement(candidate: Candidate, data: Cifar10, scores: Evaluation) -> float | None:
-    """Fail when the re-evaluated accuracy is not training's on the same images.
+    """Fail when the re-evaluated accuracy is not the one training logged for this very
+    checkpoint on the same images (the test split's digest says whether they are the same);
+    returns that logged accuracy, or None when training was scored on other images.
 
     Training scores with DeviceBatches' normalisation, the logged model with Normalized's; the
     rounding differs by ~1e-7, which can flip a near-tie, so one image of slack. Training that
     evaluated in bf16 (CUDA) is not held to it: bf16 rounding moves more predictions.
     """
-    trained = training_test_acc(candidate, data)
+    if logged_digest(candidate.run, "test") != split_digest(data.test):
+        return None
+    trained = candidate.test_acc
     fp32 = candidate.run.data.params.get("precision_used", "fp32") == "fp32"
-    if trained is not None and fp32 and abs(scores.accuracy - trained) > 1.5 / len(data.test):
+    if fp32 and abs(scores.accuracy - trained) > 1.5 / len(data.test):
         raise ChampionError(
-            f"run {candidate.run_id} logged test_acc {trained:.4f} but its model scores "
-            f"{scores.accuracy:.4f} on the same {len(data.test)} images: did the files in "
-            "--data-dir change since training? nothing was registered"
+            f"run {candidate.run_id} logged test_acc {trained:.4f} for its "
+            f"`{candidate.checkpoint.name}` checkpoint but it scores {scores.accuracy:.4f} on "
+            f"the same {len(data.test)} images: nothing was registered"
         )
     return trained
 
@@ -113,18 +165,23 @@ def log_export(
         name=f"export-{registration.name}-v{registration.version}",
         tags={JOB_TAG: "export", "export_of": candidate.run_id,
               "registered_model": registration.name, "model_version": registration.version,
-              "alias": registration.alias},
-        params={"source_run_id": candidate.run_id, "selection_metric": candidate.metric,
-                "data_source": data.source, "test_images": len(data.test)},
+              "alias": registration.alias, "chosen_on": candidate.chosen_on,
+              "mlflow.note.content": export_summary(candidate, registration, scores, trained)},
+        params={"source_run_id": candidate.run_id, "source_model_id": candidate.checkpoint.model_id,
+                "checkpoint": candidate.checkpoint.name, "checkpoint_epoch": candidate.epoch,
+                "selection_metric": candidate.metric, "data_source": data.source,
+                "test_images": len(data.test)},
     )  # fmt: skip
+    # Names of their own, never a training metric's: the experiment's training charts and
+    # columns (test_acc, ...) show training runs only.
     metrics = {
-        **scores.summary_metrics(),
-        "selection_value": candidate.value,
+        **{f"champion_{k}": v for k, v in scores.summary_metrics().items()},
+        f"selection_{candidate.metric}": candidate.value,
         "torchscript_max_abs_diff": files.torchscript_max_diff,
         "onnx_max_abs_diff": files.onnx_max_diff,
     }
     if trained is not None:
-        metrics["training_test_acc"] = trained
+        metrics["training_logged_test_acc"] = trained
     with tracked_run(spec) as run_id:
         records.log_metrics(run_id, metrics)
         records.log_folder(run_id, folder, "deployment")
@@ -132,3 +189,25 @@ def log_export(
         records.log_table(run_id, scores.per_class_table(), "evaluation/per_class_metrics.json")
     registry.tag_version(registration, "export_run_id", run_id)
     return run_id
+
+
+def export_summary(candidate: Candidate, registration: Registration, scores: Evaluation,
+                   trained: float | None) -> str:  # fmt: skip
+    """The export run's description (its Overview in the MLflow UI), in markdown."""
+    logged = f" (training logged {trained:.4f} for it)" if trained is not None else ""
+    lines = [
+        f"**{registration.name}** version {registration.version} (alias `{registration.alias}`)",
+        (
+            f"is checkpoint `{candidate.checkpoint.name}` (epoch {candidate.epoch}) of run "
+            f"`{candidate.run_id}` ({candidate.run.info.run_name}),"
+        ),
+        (
+            f"chosen on {candidate.chosen_on} {candidate.metric} = {candidate.value:.4f} among "
+            f"{candidate.qualifying_runs} run(s)."
+        ),
+        "",
+        f"Test accuracy on {scores.num_images} images: {scores.accuracy:.4f}{logged}.",
+    ]
+    if candidate.chosen_on == ON_TEST:
+        lines += ["", f"**Warning**: {TEST_CHOICE}."]
+    return "\n".join(lines)

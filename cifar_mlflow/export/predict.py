@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from ..core.data import as_model_input, decode_image
+from ..core.data import CLASSES, as_model_input, decode_image
 from ..core.errors import UserError
 
 SERVER_TIMEOUT_SECONDS = 60
@@ -34,10 +34,12 @@ def serving_request(images: np.ndarray) -> dict:
     return {"inputs": images.tolist()}
 
 
-def local_logits(model_uri: str, images: np.ndarray) -> np.ndarray:
+def local_logits(model_uri: str, images: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The model's logits for `images`, and the class names it was logged with (CIFAR-10's for
+    a model logged without them)."""
     # torch and MLflow load only here: --print-request and --server need neither (~3 s).
     from ..tracking import connection
-    from ..tracking.models import ModelNotLoaded, load_model
+    from ..tracking.models import ModelNotLoaded, load_model, model_classes
     from .deployment import logits_of
 
     if model_uri.startswith(("models:/", "runs:/")):
@@ -49,7 +51,7 @@ def local_logits(model_uri: str, images: np.ndarray) -> np.ndarray:
             f"{e}; list registered models and aliases in the MLflow UI, or run "
             "`cifar-mlflow export` to register a champion"
         ) from None
-    return logits_of(model, images)
+    return logits_of(model, images), model_classes(model_uri) or CLASSES
 
 
 def served_logits(server: str, images: np.ndarray) -> np.ndarray:

@@ -21,13 +21,15 @@ MODEL_PARAMS = {"resnet18": 11173962, "ghost_resnet18": 5706186}
 
 
 def fabricated_history(config: TrainConfig, quality: float = 0.0) -> list[EpochMetrics]:
-    """Plausible curves that differ by config and seed, so every number in a table is distinct."""
+    """Plausible curves that differ by config and seed, so every number in a table is distinct;
+    with a validation split (config.val_size > 0), a validation curve near the test curve."""
     rng = np.random.default_rng(zlib.crc32(repr(config).encode()))
     ceiling = 0.6 + quality + rng.uniform(0, 0.05)
     history = []
     for epoch in range(1, config.epochs + 1):
         progress = 1 - math.exp(-epoch / 3)
         test_acc = ceiling * progress + rng.uniform(-0.02, 0.02)
+        val_acc = test_acc + rng.uniform(-0.02, 0.02) if config.val_size else None
         history.append(EpochMetrics(
             epoch=epoch,
             train_loss=2.3 * (1 - progress) * (1 - quality) + rng.uniform(0.15, 0.25),
@@ -35,6 +37,7 @@ def fabricated_history(config: TrainConfig, quality: float = 0.0) -> list[EpochM
             test_acc=test_acc, lr=config.lr,
             epoch_seconds=(30 if config.model == "resnet18" else 20) + rng.uniform(0, 2),
             images_per_second=1000 + rng.uniform(0, 100),
+            val_loss=None if val_acc is None else 2.3 * (1 - progress) + 0.45, val_acc=val_acc,
         ))  # fmt: skip
     return history
 

@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import mlflow
-from mlflow.entities import Run
+from mlflow.entities import LoggedModel, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ..core.errors import UserError
+from .history import where_training_runs_are
 from .runs import FAILURE_TAG, FINISHED
 
 # The registry's rules for an alias (MLflow's model registry documentation): letters, digits,
@@ -61,7 +62,8 @@ def candidate_runs(experiment: str, model: str, extra_filter: str = "") -> list[
     if found is None:
         raise RegistryError(
             f"experiment {experiment!r} does not exist: train into it first "
-            f"(cifar-mlflow train --experiment {experiment}) or pass the right --experiment"
+            f"(cifar-mlflow train --experiment {experiment!r}) or pass the right --experiment"
+            f"{where_training_runs_are(experiment)}"
         )
     query = f"tags.model = '{model}' and attributes.status = '{FINISHED}'"
     if extra_filter.strip():
@@ -75,12 +77,27 @@ def candidate_runs(experiment: str, model: str, extra_filter: str = "") -> list[
     return [r for r in runs if FAILURE_TAG not in r.data.tags]
 
 
-def register(model_uri: str, run_id: str, name: str, alias: str,
+def checkpoints_of(runs: list[Run]) -> list[LoggedModel]:
+    """The `best` and `final` LoggedModels that `runs` logged, with their linked metrics."""
+    if not runs:
+        return []
+    run_ids = {r.info.run_id for r in runs}
+    found = mlflow.search_logged_models(
+        experiment_ids=sorted({r.info.experiment_id for r in runs}),
+        filter_string="name IN ('best', 'final')",
+        output_format="list",
+    )
+    return [m for m in found if m.source_run_id in run_ids]
+
+
+def register(model_id: str, run_id: str, name: str, alias: str,
              tags: Mapping[str, str]) -> Registration:  # fmt: skip
-    """Point `name@alias` at the model of `run_id`, adding a version only when no version of
-    `name` holds that run yet (so registering the same champion twice adds nothing)."""
+    """Point `name@alias` at the LoggedModel `model_id` (logged by run `run_id`), adding a
+    version only when no version of `name` holds that model yet (so registering the same
+    champion twice adds nothing)."""
     client = MlflowClient()
-    existing = _version_of_run(client, name, run_id)
+    model_uri = f"models:/{model_id}"
+    existing = _version_of_model(client, name, run_id, model_id)
     if existing is not None:
         try:
             client.set_registered_model_alias(name, alias, existing)
@@ -109,10 +126,12 @@ def tag_version(registration: Registration, key: str, value: str) -> None:
     MlflowClient().set_model_version_tag(registration.name, registration.version, key, value)
 
 
-def _version_of_run(client: MlflowClient, name: str, run_id: str) -> str | None:
-    # Filtering on run_id only: run ids are hex, while registered names may hold quotes.
+def _version_of_model(client: MlflowClient, name: str, run_id: str, model_id: str) -> str | None:
+    # Filtering on run_id only: run ids are hex, while registered names may hold quotes. A
+    # version's `source` is the URI it was registered from (its model_id attribute comes back
+    # empty from MLflow 3.17's registry).
     versions = client.search_model_versions(f"run_id = '{run_id}'")
-    matching = [v.version for v in versions if v.name == name]
+    matching = [v.version for v in versions if v.name == name and v.source == f"models:/{model_id}"]
     return str(min(matching, key=int)) if matching else None
 
 

@@ -11,6 +11,7 @@ SIGINT and SIGTERM stop the run after the current training step and mark it KILL
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,16 +19,25 @@ from pathlib import Path
 import torch
 
 from ..core import checkpoint
-from ..core.config import TrainConfig
+from ..core.config import TrainConfig, batch_size_used
 from ..core.data import MEAN, STD, Cifar10, as_model_input, load_cifar10
-from ..core.engine import BatchWrapper, EpochMetrics, Trainer, forward_flops, resolve_device
+from ..core.engine import (
+    BatchWrapper,
+    EpochMetrics,
+    Trainer,
+    TrainResult,
+    forward_flops,
+    resolve_device,
+)
 from ..core.errors import UserError
 from ..core.models import Normalized
+from ..core.selection import BestWeights
 from ..core.signals import Interrupted, StopOnSignal
 from ..tracking import connection, training
-from ..tracking.models import log_trained_model
+from ..tracking.datasets import log_inputs, run_datasets
+from ..tracking.models import log_checkpoint
 from ..tracking.outbox import CHECKPOINT_FILE, Outbox, download_last_checkpoint, log_missing_epochs
-from ..tracking.runs import launched_run_id, tracked_run
+from ..tracking.runs import check_experiment, launched_run_id, tracked_run
 
 
 def resumed_config(run_id: str) -> TrainConfig:
@@ -43,45 +53,51 @@ def run_training(
     on_start: Callable[[str, dict], None] = lambda run_id, facts: None,
     resume: str | None = None,
     tags: dict[str, str] | None = None,
+    log_models: bool = True,
 ) -> str:
     """Train as `config` says and return the MLflow run id. With `resume` (a run id), or when
     `mlflow run` relaunches a run (MLFLOW_RUN_ID) that has a checkpoint, continue that run after
     its last checkpoint instead of starting over. `tags` go on the run beside its own (a parent
     run's id, say). `on_epoch` may raise core.engine.StopTraining to end training early: the
-    run then ends FINISHED, tagged `stopped_early` with the reason."""
+    run then ends FINISHED, tagged `stopped_early` with the reason. `log_models=False` skips
+    the `best` and `final` LoggedModels: a tune's trials only rank settings, and logging the two
+    costs ~5 s per run here (bench/bench_model_logging.py)."""
     with StopOnSignal() as stop, tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
         device = resolve_device(config.device)
         connection.connect()
         run_id = _run_to_continue(resume)
+        if not run_id:
+            check_experiment(config.experiment)
         state = (
             _saved_state(run_id, resume is not None, config, device, Path(tmp)) if run_id else None
         )
         data = load_cifar10(
             config.data_dir, config.train_limit, config.test_limit, config.val_size, config.seed
         )
+        datasets = run_datasets(data)
         recorder = EpochRecorder(Path(tmp), on_epoch, saved=state["epoch"] if state else 0)
 
         def steps(batches, epoch: int) -> Iterable:
-            return stop.steps(wrap(batches, epoch) if wrap else batches)
+            return recorder.outbox.guard(stop.steps(wrap(batches, epoch) if wrap else batches))
 
         opened = None
         try:
             with tracked_run(training.training_run(config, run_id, tags)) as opened:
                 trainer = Trainer(config, data, device)
-                done = checkpoint.restore(trainer, state) if state else []
+                done, best = checkpoint.restore(trainer, state) if state else ([], BestWeights())
                 facts = _facts(trainer, data)
                 if done:
                     log_missing_epochs(opened, done)
                 else:
                     training.log_facts(facts)
+                    log_inputs(datasets)
                 on_start(opened, facts)
                 with Outbox(opened) as outbox:
-                    recorder.start(trainer, done, outbox)
+                    recorder.start(trainer, done, best, outbox)
                     result = trainer.fit(recorder, steps, done)
                 training.log_summary(result.history, result.stopped_early)
-                log_trained_model(
-                    Normalized(result.model, MEAN, STD), as_model_input(data.test.images[:2])
-                )
+                if log_models:
+                    _log_checkpoints(result, recorder.best, data)
         except Interrupted as e:
             if opened:
                 e.add_note(_resume_hint(opened, recorder.saved))
@@ -97,16 +113,33 @@ class EpochRecorder:
         self.workdir, self.on_epoch = workdir, on_epoch
         self.saved = saved  # the last epoch whose checkpoint is written (0: none yet)
 
-    def start(self, trainer: Trainer, done: list[EpochMetrics], outbox: Outbox) -> None:
-        self.trainer, self.history, self.outbox = trainer, list(done), outbox
+    def start(
+        self, trainer: Trainer, done: list[EpochMetrics], best: BestWeights, outbox: Outbox
+    ) -> None:
+        self.trainer, self.history, self.best, self.outbox = trainer, list(done), best, outbox
 
     def __call__(self, metrics: EpochMetrics) -> None:
         self.history.append(metrics)
+        self.best.offer(metrics, self.trainer.model)
         path = self.workdir / f"epoch-{metrics.epoch}" / CHECKPOINT_FILE
-        checkpoint.save(checkpoint.capture(self.trainer, self.history), path)
+        checkpoint.save(checkpoint.capture(self.trainer, self.history, self.best), path)
         self.saved = metrics.epoch
         self.outbox.put(metrics.epoch, path, metrics.as_metrics())
         self.on_epoch(metrics)
+
+
+def _log_checkpoints(result: TrainResult, best: BestWeights, data: Cifar10) -> None:
+    """The run's LoggedModels: `final` (the last epoch) and, with validation, `best` (the epoch
+    with the highest val_acc), in that order, so the run's model_uri tag ends on `best`. Each is
+    our model behind the input normalisation, on the CPU."""
+    example = as_model_input(data.test.images[:2])
+    checkpoints = {"final": (result.model, result.history[-1].epoch)}
+    if best.weights is not None:
+        at_best = copy.deepcopy(result.model)
+        at_best.load_state_dict(best.weights)
+        checkpoints["best"] = (at_best, best.epoch)
+    for name, (model, epoch) in checkpoints.items():
+        log_checkpoint(name, Normalized(model.cpu(), MEAN, STD), epoch, data.classes, example)
 
 
 def _facts(trainer: Trainer, data: Cifar10) -> dict[str, object]:
@@ -116,6 +149,7 @@ def _facts(trainer: Trainer, data: Cifar10) -> dict[str, object]:
         "precision_used": trainer.precision,
         "data_source": data.source,
         "train_images": len(data.train),
+        "batch_size_used": batch_size_used(trainer.config.batch_size, len(data.train)),
         "val_images": len(data.val) if data.val else 0,
         "test_images": len(data.test),
         "model_params": trainer.num_parameters,
