@@ -187,7 +187,7 @@ def draw_runs_reused(records, folder: Path) -> None:
 
 
 def draw_runs_stencil(records, folder: Path) -> None:
-    figures = charts.RunFigures(records)
+    figures = charts.RunFigures()
     for run in records:
         figures.save(run, "subtitle", folder / f"{run.run_id}.png")
 

@@ -7,6 +7,7 @@ tracking code with fabricated epochs, so they look exactly like trained ones.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from PIL import Image
 from cifar_mlflow.cli import cli
 from cifar_mlflow.compare.charts import factor_colours, nice_limits
 from cifar_mlflow.compare.job import HISTORY_KEYS
+from cifar_mlflow.compare.report import write_report
 from cifar_mlflow.compare.study import (
     Curve,
     RunRecord,
@@ -48,13 +50,17 @@ def read_table(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def record(run_id: str, seed: int = 0, test_acc=(0.3, 0.5, 0.4), **config: str) -> RunRecord:
+def record(run_id: str, seed: int = 0, test_acc=(0.3, 0.5, 0.4), val_acc=None,
+           **config: str) -> RunRecord:  # fmt: skip
     """A RunRecord made by hand: resnet18 / relu / sgd / lr 0.01 unless told otherwise."""
     config = {"model": "resnet18", "activation": "relu", "optimizer": "sgd", "lr": "0.01",
               "epochs": str(len(test_acc)), **config}  # fmt: skip
     epochs = np.arange(1, len(test_acc) + 1)
     history = {"test_acc": Curve(epochs, np.array(test_acc)),
+               "train_loss": Curve(epochs, 2.0 / epochs),
                "epoch_seconds": Curve(epochs, np.full(len(epochs), 10.0 + seed))}  # fmt: skip
+    if val_acc is not None:
+        history["val_acc"] = Curve(epochs, np.array(val_acc))
     return RunRecord(run_id, run_id, config, seed, 11173962, history)
 
 
@@ -127,13 +133,24 @@ def test_table_rows_are_mean_and_sample_std_over_seeds():
             record("c", activation="gelu", test_acc=(0.6, 0.1))]  # fmt: skip
     relu, gelu = table_rows(group_configurations(runs))
     assert relu["seeds"] == "0 1" and relu["runs"] == 2 and relu["params"] == 11173962
-    assert relu["best_test_acc_mean"] == pytest.approx(0.6)
-    assert relu["best_test_acc_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
-    assert relu["final_test_acc_mean"] == pytest.approx(0.55)
-    assert relu["best_epoch_mean"] == pytest.approx(2.5)
+    assert relu["headline"] == "final_test_acc"  # no validation split: judged at the last epoch
+    assert relu["headline_mean"] == relu["final_test_acc_mean"] == pytest.approx(0.55)
+    assert relu["headline_std"] == pytest.approx(np.std([0.4, 0.7], ddof=1))
+    assert relu["max_test_acc_mean"] == pytest.approx(0.6)  # the optimistic max, kept apart
+    assert relu["selected_epoch_mean"] == 3
     assert relu["seconds_per_epoch_mean"] == pytest.approx(10.5)
     assert relu["epochs"] == "3" and gelu["epochs"] == "2"  # epochs is a table column anyway
-    assert gelu["best_test_acc_std"] is None and gelu["best_epoch_mean"] == 1
+    assert gelu["headline_std"] is None and gelu["selected_epoch_mean"] == 2
+
+
+def test_the_headline_is_test_accuracy_at_the_best_validation_epoch():
+    """Chosen on validation (ties to the earlier epoch), never on the test set."""
+    run = record("v", test_acc=(0.3, 0.7, 0.5, 0.6), val_acc=(0.4, 0.5, 0.6, 0.6))
+    assert run.validated and run.selected_epoch == 3  # epochs 3 and 4 tie: the earlier
+    assert run.headline == run.test_acc_at_best == 0.5
+    assert run.max_test_acc == 0.7 and run.final_test_acc == 0.6
+    [row] = table_rows(group_configurations([run]))
+    assert row["headline"] == "test_acc_at_best" and row["headline_mean"] == 0.5
 
 
 def test_axis_limits_are_round_with_a_margin_and_stop_at_the_ceiling():
@@ -198,21 +215,31 @@ def test_compare_logs_charts_table_and_report_matching_the_runs(study, tracking,
 
     run = mlflow.get_run(result.output.split("logged to run ")[1].split()[0])
     assert run.info.status == "FINISHED" and run.data.tags["job"] == "compare"
+    assert run.info.run_name == "compare"
+    # Its own numbers under its own names: nothing in a training metric's chart or column.
+    assert set(run.data.metrics) == {"compare.runs", "compare.configurations",
+                                     "compare.comparisons"}  # fmt: skip
     assert run.info.experiment_id == mlflow.get_experiment_by_name(experiment).experiment_id
     assert run.data.params["experiment"] == experiment
     client = MlflowClient()
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert logged == {"report.md", "table.md", "table.csv", "comparisons", "runs"}
+    assert logged == {
+        "report.md",
+        "report.html",
+        "table.md",
+        "table.csv",
+        "differences.csv",
+        "comparisons",
+        "runs",
+    }
     written = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
     for folder in ("comparisons", "runs"):
         assert {a.path for a in client.list_artifacts(run.info.run_id, folder)} == {
             p for p in written if p.startswith(folder + "/")
         }
     assert sorted(p.split("__")[0] for p in written if p.startswith("comparisons/")) == [
-        "comparisons/activation",
-        "comparisons/model",
-        "comparisons/optimizer",
-    ]
+        f"comparisons/{factor}" for factor in ("activation", "model", "optimizer") for _ in "ab"
+    ]  # each: its curves and its forest plot of differences
     finished = [i for k, v in ids.items() if k != "failed" for i in v]
     assert sorted(p.split("__")[1][:12] for p in written if p.startswith("runs/")) == sorted(
         i[:12] for i in finished
@@ -225,6 +252,16 @@ def test_compare_logs_charts_table_and_report_matching_the_runs(study, tracking,
     for png in written:
         assert f"]({png})" in report
     assert "## Model comparisons" in report and "### relu · sgd · lr 0.01 · 4 epochs" in report
+    assert "[table.csv](table.csv)" in report  # the CSV's path as logged, next to report.md
+    html = (out / "report.html").read_text()
+    assert (
+        html.count('src="data:image/png;base64,') == len(written) and 'src="comparisons' not in html
+    )
+    description = run.data.tags["mlflow.note.content"]
+    assert "### Differences" in description and "### Claims" in description
+    experiment_id = run.info.experiment_id
+    for run_id in (i for k, v in ids.items() if k != "failed" for i in v):
+        assert f"(#/experiments/{experiment_id}/runs/{run_id})" in description
 
     rows = {row["activation"] + "/" + row["optimizer"] + "/" + row["model"]: row
             for row in read_table(out)}  # fmt: skip
@@ -240,26 +277,39 @@ def test_compare_logs_charts_table_and_report_matching_the_runs(study, tracking,
     assert rows["relu/sgd/ghost_resnet18"]["params"] == "5706186"
     markdown = (out / "table.md").read_text()
     relu = rows["relu/sgd/resnet18"]
-    best, std = float(relu["best_test_acc_mean"]), float(relu["best_test_acc_std"])
-    assert f"| {best * 100:.2f} ± {std * 100:.2f} |" in markdown
+    headline, std = float(relu["headline_mean"]), float(relu["headline_std"])
+    assert f"| {headline * 100:.2f} ± {std * 100:.2f} |" in markdown
 
 
 def assert_row_matches_logged_metrics(row: dict[str, str], run_ids: list[str], client) -> None:
+    """By hand from the logged histories: the epoch of the highest val_acc (the earliest of
+    equals), the test accuracy there; and the same as the training run's own summary."""
     runs = [client.get_run(i) for i in run_ids]
-    best = [r.data.metrics["best_test_acc"] for r in runs]
+
+    def history(run_id, key):
+        return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+    best_epochs = [
+        min(h, key=lambda e: (-h[e], e)) for h in (history(i, "val_acc") for i in run_ids)
+    ]
+    at_best = [history(i, "test_acc")[e] for i, e in zip(run_ids, best_epochs)]
+    maxima = [max(history(i, "test_acc").values()) for i in run_ids]
     final = [r.data.metrics["test_acc"] for r in runs]  # the latest step's value
-    histories = [client.get_metric_history(i, "test_acc") for i in run_ids]
-    best_epochs = [max(h, key=lambda m: (m.value, -m.step)).step for h in histories]
-    seconds = [np.mean([m.value for m in client.get_metric_history(i, "epoch_seconds")])
-               for i in run_ids]  # fmt: skip
-    assert float(row["best_test_acc_mean"]) == pytest.approx(np.mean(best))
+    seconds = [np.mean(list(history(i, "epoch_seconds").values())) for i in run_ids]
+    assert [r.data.metrics["best_epoch"] for r in runs] == best_epochs
+    assert [r.data.metrics["test_acc_at_best"] for r in runs] == pytest.approx(at_best)
+    assert [r.data.metrics["final_test_acc"] for r in runs] == pytest.approx(final)
+    assert row["headline"] == "test_acc_at_best"
+    assert float(row["headline_mean"]) == pytest.approx(np.mean(at_best))
+    assert float(row["test_acc_at_best_mean"]) == pytest.approx(np.mean(at_best))
+    assert float(row["max_test_acc_mean"]) == pytest.approx(np.mean(maxima))
     assert float(row["final_test_acc_mean"]) == pytest.approx(np.mean(final))
     if len(runs) > 1:
-        assert float(row["best_test_acc_std"]) == pytest.approx(np.std(best, ddof=1))
+        assert float(row["headline_std"]) == pytest.approx(np.std(at_best, ddof=1))
         assert float(row["final_test_acc_std"]) == pytest.approx(np.std(final, ddof=1))
     else:
-        assert row["best_test_acc_std"] == row["final_test_acc_std"] == ""
-    assert float(row["best_epoch_mean"]) == pytest.approx(np.mean(best_epochs))
+        assert row["headline_std"] == row["final_test_acc_std"] == ""
+    assert float(row["selected_epoch_mean"]) == pytest.approx(np.mean(best_epochs))
     assert float(row["seconds_per_epoch_mean"]) == pytest.approx(np.mean(seconds))
     assert row["params"] == runs[0].data.params["model_params"]
 
@@ -347,6 +397,15 @@ def test_bad_selections_fail_in_one_line_and_leave_nothing(args, fragments, stud
     assert len(compare_runs(experiment)) == before
 
 
+def test_an_empty_experiment_names_the_one_holding_training_runs(study, tracking, tmp_path):
+    """README's path: `mlflow run` without --experiment-name trains into another experiment."""
+    experiment, _ = study
+    mlflow.create_experiment(tracking)
+    result = compare("--experiment", tracking, "--output-dir", str(tmp_path / "report"))
+    assert_one_line_error(result, [f"no finished training runs in experiment {tracking!r}",
+                                   f"--experiment {experiment}"])  # fmt: skip
+
+
 def test_unreachable_server_fails_fast_in_one_line(tracking, tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR_MLFLOW_SERVER_WAIT", "1")  # default 10 s: tests/test_cli_errors.py
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
@@ -380,6 +439,7 @@ def test_mlflow_run_compare_logs_the_report_to_its_own_run(tracking, mlflow_serv
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = compare_runs(tracking)
     assert run.data.tags["mlflow.project.entryPoint"] == "compare"
+    assert run.info.run_name == "compare"  # the CLI's name, not mlflow run's random one
     assert run.info.status == "FINISHED" and run.data.params["include_unfinished"] == "false"
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"report.md", "table.csv", "comparisons", "runs"} <= artifacts
@@ -389,17 +449,44 @@ def test_mlflow_run_compare_logs_the_report_to_its_own_run(tracking, mlflow_serv
 @pytest.mark.slow
 def test_compare_runs_without_torch(study, tracking, mlflow_server, tmp_path):
     """The whole command in a fresh process where `import torch` fails: compare never pays for
-    torch (~1.5 s of imports here)."""
+    torch (~1.5 s of imports here). The import is refused by a finder, not by
+    sys.modules['torch'] = None: scipy looks up sys.modules['torch'] and would trip on None."""
     experiment, _ = study
     code = (
-        "import sys; sys.modules['torch'] = None\n"
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
         "from cifar_mlflow.cli import main\n"
         f"sys.argv = ['cifar-mlflow', 'compare', '--experiment', {experiment!r}, "
         f"'--output-dir', {str(tmp_path / 'report')!r}]\n"
-        "main()"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    assert 'torch' not in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "compared 7 runs in 4 configurations" in done.stdout
     assert (tmp_path / "report" / "report.md").exists()
+
+
+def test_runs_at_tuned_learning_rates_are_compared_as_such(tmp_path):
+    """`sweep --tuned` runs carry tuned_from and each optimizer's own lr: one comparison, so
+    labelled, with each arm's lr; untuned runs stay apart."""
+    tuned = [dataclasses.replace(record(f"{o}-{s}", seed=s, optimizer=o, lr=lr), tuned_from="t1")
+             for o, lr in (("sgd", "0.05"), ("adam", "0.001")) for s in (0, 1)]  # fmt: skip
+    untuned = [record("sgd-plain"), record("adam-plain", optimizer="adam")]
+    comparisons = find_comparisons(group_configurations([*tuned, *untuned]), "optimizer")
+    assert sorted(c.tuned for c in comparisons) == [False, True]
+    [at_tuned] = [c for c in comparisons if c.tuned]
+    assert at_tuned.qualifier == "at tuned learning rates"
+    assert [at_tuned.label(c) for c in at_tuned.configurations] == ["sgd (lr 0.05)",
+                                                                    "adam (lr 0.001)"]  # fmt: skip
+    write_report([*tuned, *untuned], tmp_path, "test")
+    report = (tmp_path / "report.md").read_text()
+    assert "### resnet18 · relu · 3 epochs · at tuned learning rates" in report
+    assert "At tuned learning rates (t1): sgd lr 0.05, adam lr 0.001." in report

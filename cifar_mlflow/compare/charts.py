@@ -8,7 +8,9 @@ bars onto those pixels. Axis limits are rounded to tick values, so the charts of
 a few frames. Measured (bench/bench_compare.py, docs/compare-benchmark.md, 2026-12-01): 100 run
 figures in 0.71 s of CPU, against 5.96 s with one matplotlib figure reused for every run (data
 swapped in, axes fitted, text by matplotlib) and 10.5 s with a fresh pyplot figure each. The
-whole compare of 100 runs takes 2.9-3.3 s; with the reused figure it would take ~8 s.
+whole compare of 100 runs takes 2.9-3.3 s; with the reused figure it would take ~8 s. Run
+figures fitted to each run's data, with validation curves, cost 1.13 s of CPU for 100 runs of 40
+epochs (4 frames; measured 2026-12-01 at load 17, before the benchmark was rerun).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from .study import FACTOR_VALUES, FACTORS, Comparison, Configuration, RunRecord,
 # matplotlib's tab10
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
-TRAIN_COLOUR, TEST_COLOUR = PALETTE[0], PALETTE[1]
+TRAIN_COLOUR, TEST_COLOUR, VAL_COLOUR = PALETTE[0], PALETTE[1], PALETTE[2]
+SPLITS = (("train", TRAIN_COLOUR), ("val", VAL_COLOUR), ("test", TEST_COLOUR))
 TICKS = 6  # at most, per axis
 MARKERS_UP_TO = 10  # epochs: with few points a line needs markers (one epoch is a lone point)
 # Cross-entropy of a uniform guess over 10 classes is ln 10 = 2.30; a run far above it has
@@ -42,7 +45,7 @@ CURVES = (("test_acc", "test accuracy (%)", 100.0, 100.0),
 BAR_HEADROOM = 1.25  # the tallest bar fills 1/1.25 of its axes, leaving room for its label
 BARS = (("model_params", "parameters", 1e-6, "{:.2f}M"),
         ("seconds_per_epoch", "mean seconds per epoch", 1.0, "{:.1f} s"),
-        ("best_test_acc", "best test accuracy", 100.0, "{:.1f}%"))  # fmt: skip
+        ("headline", "test accuracy (headline)", 100.0, "{:.1f}%"))  # fmt: skip
 
 
 def factor_colours(configurations: Iterable[Configuration]) -> dict[str, dict[str, str]]:
@@ -189,31 +192,41 @@ class ComparisonFigures:
 
 
 class RunFigures:
-    """Each run's loss and accuracy against epoch, on axes shared by all runs of the report, so
-    flipping through the figures compares the runs."""
+    """Each run's loss and accuracy (train, validation, test) against epoch, on axes fitted to
+    that run's data, so a short or weak run is not a flat line on the floor. Limits are rounded
+    to tick values, so runs of one study still share a few frames (stencil.py)."""
 
-    def __init__(self, runs: list[RunRecord]):
-        max_epoch = max(int(r.curve("test_acc").epochs.max()) for r in runs)
-        losses = [v for r in runs for k in ("train_loss", "test_loss") for v in r.curve(k).values]
-        finite = [v for v in losses if math.isfinite(v)] or [1.0]
+    def __init__(self):
         figure = Figure(figsize=(10, 4.2), dpi=DPI)
         figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.76, wspace=0.22)
-        axes = dict(zip(("loss", "acc"), figure.subplots(1, 2)))
-        _curve_axes(axes["loss"], "loss (cross-entropy)")
-        _curve_axes(axes["acc"], "accuracy (%)")
-        axes["loss"].set_ylim(*nice_limits(0, max(finite), LOSS_AXIS_CAP))
-        axes["acc"].set_ylim(0, 100)
+        self.axes = dict(zip(("loss", "acc"), figure.subplots(1, 2)))
+        _curve_axes(self.axes["loss"], "loss (cross-entropy)")
+        _curve_axes(self.axes["acc"], "accuracy (%)")
         self.lines = {}
-        for kind, ax in axes.items():
-            ax.set_xlim(*epoch_limits(max_epoch))
-            for split, colour in (("train", TRAIN_COLOUR), ("test", TEST_COLOUR)):
+        for kind, ax in self.axes.items():
+            for split, colour in SPLITS:
                 (line,) = ax.plot([], [], color=colour, label=split, ms=4, animated=True)
                 self.lines[f"{split}_{kind}"] = line
-        figure.legend(handles=[self.lines["train_loss"], self.lines["test_loss"]], ncols=2,
+        figure.legend(handles=[self.lines[f"{split}_loss"] for split, _ in SPLITS], ncols=3,
                       loc="upper right", bbox_to_anchor=(0.98, 0.9))  # fmt: skip
         self.stencil = Stencil(figure)
 
+    def _fit(self, run: RunRecord) -> None:
+        """Axis limits from this run's points: loss from 0, up to LOSS_AXIS_CAP at most."""
+        for kind, ax in self.axes.items():
+            scale = 100.0 if kind == "acc" else 1.0
+            values = np.concatenate([run.curve(f"{split}_{kind}").values for split, _ in SPLITS])
+            finite = values[np.isfinite(values)] * scale
+            if not len(finite):
+                ax.set_ylim(0, 1.0 if kind == "loss" else 100.0)
+            elif kind == "loss":
+                ax.set_ylim(*nice_limits(0, finite.max(), LOSS_AXIS_CAP))
+            else:
+                ax.set_ylim(*nice_limits(finite.min(), finite.max(), ceiling=100.0))
+            ax.set_xlim(*epoch_limits(int(run.curve("test_acc").epochs.max())))
+
     def save(self, run: RunRecord, subtitle: str, path: Path) -> None:
+        self._fit(run)
         for key, line in self.lines.items():
             curve = run.curve(key)
             line.set_data(curve.epochs, curve.values * (100.0 if key.endswith("acc") else 1.0))
@@ -223,10 +236,87 @@ class RunFigures:
                   Label(70, 40, subtitle, width=width)]  # fmt: skip
         loss_axes = self.lines["train_loss"].axes
         top = loss_axes.get_ylim()[1]
-        for split in ("train", "test"):  # a diverged loss leaves the shared axis: say so
+        for split in ("train", "test"):  # a diverged loss leaves the capped axis: say so
             values = run.curve(f"{split}_loss").values
             if len(values) and not np.nanmax(values) <= top:
                 x, y = self.stencil.to_pixels(loss_axes.transAxes, 0.02, 0.97)
                 labels.append(Label(x, y + 16 * (split == "test"), f"{split} loss off the scale, "
                                     f"up to {np.nanmax(values):.3g}", colour="#a00000"))  # fmt: skip
         self.stencil.save(path, self.lines.values(), labels)
+
+
+class ForestFigures:
+    """A comparison's differences from its reference at a glance (a forest plot): a row per
+    value, a dot at the mean difference in headline test accuracy, a bar for its 95% CI (a
+    hollow dot without one: n = 1), and a grey band for the test set's sampling floor. The frame
+    is shared by every comparison of a factor with the same rounded x-range."""
+
+    LEFT, RIGHT = 0.2, 0.6  # the axes' share of the width; labels left of it, numbers right
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        height = 1.6 + 0.45 * rows
+        figure = Figure(figsize=(11, height), dpi=DPI)
+        figure.subplots_adjust(left=self.LEFT, right=self.RIGHT, top=1 - 0.5 / height,
+                               bottom=0.9 / height)  # fmt: skip
+        self.ax = figure.add_subplot()
+        self.ax.set_yticks([])
+        self.ax.set_ylim(rows - 0.5, -0.5)  # the first row on top
+        self.ax.axvline(0, color="#555555", linewidth=1)
+        self.ax.grid(axis="x", alpha=0.3)
+        self.ax.set_xlabel("difference in test accuracy (percentage points)")
+        self.ax.xaxis.set_major_locator(MaxNLocator(TICKS, symmetric=True))
+        self.stencil = Stencil(figure)
+
+    def save(self, stats, title: str, colours: Mapping[str, str], path: Path) -> None:
+        """`stats`: a stats.ComparisonStats."""
+        comparison, ax = stats.comparison, self.ax
+        floor = (stats.floor or 0.0) * 100
+        extent = [abs(v) * 100 for d in stats.differences
+                  for v in (d.mean, d.low, d.high) if v is not None and math.isfinite(v)]  # fmt: skip
+        reach = max([*extent, floor, 0.5]) * 1.1
+        ticks = MaxNLocator(TICKS, symmetric=True).tick_values(-reach, reach)
+        ax.set_xlim(float(ticks[0]), float(ticks[-1]))
+        artists = []
+        if floor:
+            artists.append(Polygon([(-floor, -0.5), (floor, -0.5), (floor, self.rows - 0.5),
+                                    (-floor, self.rows - 0.5)], facecolor="#999999", alpha=0.25,
+                                   linewidth=0, transform=ax.transData))  # fmt: skip
+        width = self.stencil.figure.bbox.width
+        labels = [Label(width / 2, 8, title, "mt", bold=True, points=12, width=width - 20)]
+        by_label = {comparison.label(c): c for c in comparison.configurations}
+        for row, d in enumerate(stats.differences):
+            colour = colours[by_label[d.value].config[comparison.factor]]
+            if d.low is not None:
+                artists.append(Line2D([d.low * 100, d.high * 100], [row, row], color=colour,
+                                      linewidth=2.5, transform=ax.transData))  # fmt: skip
+            if math.isfinite(d.mean):
+                artists.append(Line2D([d.mean * 100], [row], marker="o", markersize=8,
+                                      color=colour, transform=ax.transData,
+                                      markerfacecolor=colour if d.low is not None else "white"))  # fmt: skip
+            x, y = self.stencil.to_pixels(ax.transData, ax.get_xlim()[0], row)
+            labels.append(Label(x - 10, y, f"{d.value} − {d.reference}", "rm"))
+            x = self.stencil.to_pixels(ax.transAxes, 1, 0)[0]
+            labels.append(Label(x + 12, y, forest_text(d), "lm", width=width - x - 20))
+        note = "dot: mean difference over seeds; bar: its 95% CI; hollow: n = 1, no interval"
+        if floor:
+            note += f"; grey: test-set sampling floor ±{floor:.2f} pp (n_test = {stats.n_test})"
+        labels.append(Label(width / 2, self.stencil.figure.bbox.height - 6, note, "md",
+                            colour="#555555", width=width - 20))  # fmt: skip
+        for artist in artists:
+            artist.set_animated(True)
+            ax.add_artist(artist)
+        self.stencil.save(path, artists, labels)
+        for artist in artists:
+            artist.remove()
+
+
+def forest_text(d) -> str:
+    """A forest row's numbers: '+1.23 pp [0.40, 2.06], p = 0.012' (Holm-corrected)."""
+    if not math.isfinite(d.mean):
+        return "not measured"
+    text = f"{d.mean * 100:+.2f} pp"
+    if d.low is None:
+        return f"{text}, n = 1"
+    p = "p undefined" if d.p_holm is None else f"p (Holm) = {d.p_holm:.2g}"
+    return f"{text} [{d.low * 100:.2f}, {d.high * 100:.2f}], {p} (n {d.n})"

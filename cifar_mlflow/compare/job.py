@@ -12,8 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from ..tracking import connection, records
+from ..tracking.connection import is_http
 from ..tracking.history import Selection, SelectionError, fetch_histories, training_runs
 from ..tracking.runs import JOB_TAG, RunSpec, tracked_run
 from . import report
@@ -22,7 +24,12 @@ from .study import Curve, RunRecord, effective_config
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds")
+HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                "epoch_seconds")  # fmt: skip
+TUNED_TAG = "tuned_from"  # `sweep --tuned TUNE_ID`: the run used the lr that tune found
+# The compare run's own numbers: named so that no training metric's chart or column holds them.
+COUNT_METRICS = {"runs": "compare.runs", "configurations": "compare.configurations",
+                 "comparisons": "compare.comparisons"}  # fmt: skip
 
 
 def load_records(runs: list[Run]) -> list[RunRecord]:
@@ -39,10 +46,17 @@ def load_records(runs: list[Run]) -> list[RunRecord]:
             name=run.info.run_name or run.info.run_id,
             config=effective_config(params, run.data.tags),
             seed=int(float(params.get("seed", 0))),
-            model_params=int(float(params["model_params"])) if "model_params" in params else None,
+            model_params=_int(params.get("model_params")),
             history={key: Curve.of(points) for key, points in history.items()},
+            test_images=_int(params.get("test_images")),
+            tuned_from=run.data.tags.get(TUNED_TAG) or None,
+            experiment_id=run.info.experiment_id,
         ))  # fmt: skip
     return records
+
+
+def _int(value: str | None) -> int | None:
+    return int(float(value)) if value else None
 
 
 def run_compare(
@@ -70,25 +84,39 @@ def run_compare(
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as tmp:
         folder = Path(tmp)
         if into_run:
-            counts = _write_and_upload(loaded, folder, described, into_run)
+            counts = _write_and_upload(loaded, folder, described, into_run, uri)
             run_id = into_run
         else:
             params = {"experiment": selection.experiment, "filter": selection.filter,
                       "sweep": selection.sweep, "include_unfinished": selection.include_unfinished}  # fmt: skip
             spec = RunSpec(selection.experiment, "compare", {JOB_TAG: "compare"}, params)
             with tracked_run(spec) as run_id:
-                counts = _write_and_upload(loaded, folder, described, run_id)
+                counts = _write_and_upload(loaded, folder, described, run_id, uri)
         _replace_report(folder, output)
     return run_id, counts
 
 
 def _write_and_upload(
-    runs: list[RunRecord], folder: Path, described: str, run_id: str
+    runs: list[RunRecord], folder: Path, described: str, run_id: str, uri: str
 ) -> dict[str, int]:
+    """Write the report, each file uploaded once whole; then the summary as the run's
+    description and the counts under compare's own metric names."""
+
+    def ui_href(run: RunRecord) -> str:  # the UI's own route: works in its Markdown views
+        return f"#/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+    def file_href(run: RunRecord) -> str | None:  # from a file, the server's address is needed
+        return f"{uri.rstrip('/')}/{ui_href(run)}" if is_http(uri) else None
+
+    def artifact_href(path: str) -> str:  # relative: the UI's root, wherever it is served
+        return f"get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}"
+
     with records.Uploads(run_id, folder) as upload:
-        counts = report.write_report(runs, folder, described, upload)
-    records.log_metrics(run_id, counts)
-    return counts
+        written = report.write_report(runs, folder, described, upload, file_href, ui_href,
+                                      artifact_href)  # fmt: skip
+    records.set_description(run_id, written.summary)
+    records.log_metrics(run_id, {COUNT_METRICS[k]: v for k, v in written.counts.items()})
+    return written.counts
 
 
 def _replace_report(new: Path, output: Path) -> None:

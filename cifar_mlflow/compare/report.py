@@ -1,22 +1,32 @@
-"""The report compare writes: the table (Markdown and CSV), the charts, and report.md showing
-them all, into one folder."""
+"""The report compare writes into one folder: the table (Markdown and CSV), the charts, the
+differences with their uncertainty (stats.py), the study's claims checked (claims.py), and
+report.md and report.html showing them all; plus a shorter summary for the compare run's
+description (document.py renders the same blocks as Markdown and as HTML)."""
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from .charts import BAND_NOTE, ComparisonFigures, RunFigures, factor_colours
+from .charts import BAND_NOTE, ComparisonFigures, ForestFigures, RunFigures, factor_colours
+from .claims import Verdict, check_claims
+from .document import Block, Heading, Image, Link, Table, paragraph, table, to_html, to_markdown
+from .stats import ComparisonStats, comparison_stats
 from .study import (
     FACTORS,
+    HEADLINE_NAMES,
     TABLE_CONFIG_KEYS,
+    Comparison,
     Configuration,
     RunRecord,
     find_comparisons,
     group_configurations,
+    headline_kind,
     table_rows,
     varying_keys,
 )  # fmt: skip
@@ -45,48 +55,102 @@ def slug(text: str, limit: int = 100) -> str:
     return name if len(name) <= limit else f"{name[: limit - 9]}-{zlib.crc32(name.encode()):08x}"
 
 
-def write_table(rows: list[dict[str, object]], folder: Path) -> str:
+RunHref = Callable[[RunRecord], str | None]  # where a run opens in the MLflow UI (None: nowhere)
+# mlflow.note.content is a tag: MLflow refuses values over 8000 characters (MAX_TAG_VAL_LENGTH).
+DESCRIPTION_LIMIT = 8000
+OPTIMISTIC = "max over epochs (optimistic)"  # of test accuracy: chosen on the test set
+
+
+def percent(mean: float, std: float | None = None) -> str:
+    if math.isnan(mean):  # not measured
+        return "—"
+    return f"{mean * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else "")
+
+
+def write_table(rows: list[dict[str, object]], folder: Path) -> Table:
     """table.csv (the rows as they are) and table.md (rounded, accuracies in %); returns the
-    Markdown."""
+    table as a block."""
     with open(folder / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
     config_keys = [k for k in rows[0] if k not in _NUMBER_COLUMNS]
-    header = [*config_keys, "parameters", "seeds", "best test acc (%)", "final test acc (%)",
-              "epoch of best", "s / epoch"]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = [*config_keys, "parameters", "seeds", "headline test acc (%)",
+              "test acc at best val (%)", "final test acc (%)", f"test acc, {OPTIMISTIC} (%)",
+              "selected epoch", "s / epoch"]  # fmt: skip
+    cells = []
     for row in rows:
-        cells = [str(row[k]) for k in config_keys]
-        cells.append(f"{row['params']:,}" if row["params"] is not None else "?")
-        cells.append(row["seeds"].replace(" ", ", "))
-        for stat in ("best_test_acc", "final_test_acc"):
-            mean, std = row[f"{stat}_mean"], row[f"{stat}_std"]
-            cells.append(f"{mean * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else ""))
-        cells.append(f"{row['best_epoch_mean']:g}" if row["runs"] == 1
-                     else f"{row['best_epoch_mean']:.1f}")  # fmt: skip
-        cells.append(f"{row['seconds_per_epoch_mean']:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n"
-    (folder / "table.md").write_text(markdown)
-    return markdown
+        line = [str(row[k]) for k in config_keys]
+        line.append(f"{row['params']:,}" if row["params"] is not None else "?")
+        line.append(row["seeds"].replace(" ", ", "))
+        for stat in ("headline", "test_acc_at_best", "final_test_acc", "max_test_acc"):
+            line.append(percent(row[f"{stat}_mean"], row[f"{stat}_std"]))
+        line.append(f"{row['selected_epoch_mean']:g}" if row["runs"] == 1
+                    else f"{row['selected_epoch_mean']:.1f}")  # fmt: skip
+        line.append(f"{row['seconds_per_epoch_mean']:.1f}")
+        cells.append(line)
+    block = table(header, cells)
+    (folder / "table.md").write_text(to_markdown([block]))
+    return block
 
 
-_NUMBER_COLUMNS = {"params", "seeds", "runs", "best_test_acc_mean", "best_test_acc_std",
-                   "final_test_acc_mean", "final_test_acc_std", "best_epoch_mean",
-                   "seconds_per_epoch_mean", "run_ids"}  # fmt: skip
+_NUMBER_COLUMNS = {"params", "seeds", "runs", "headline", "selected_epoch_mean",
+                   "seconds_per_epoch_mean", "run_ids",
+                   *(f"{s}_{m}" for s in ("headline", "test_acc_at_best", "final_test_acc",
+                                          "max_test_acc") for m in ("mean", "std"))}  # fmt: skip
+
+
+def write_differences(sections: Mapping[str, list[Section]], folder: Path) -> None:
+    """differences.csv: every difference of every comparison, unrounded (fractions)."""
+    with open(folder / "differences.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["factor", "comparison", "value", "reference", "n_value", "n_reference",
+                         "mean", "ci_low", "ci_high", "p", "p_holm", "test", "floor", "n_test"])  # fmt: skip
+        for factor, factor_sections in sections.items():
+            for s in factor_sections:
+                for d in s.stats.differences:
+                    writer.writerow([
+                        factor, s.context, d.value, d.reference, d.n_value, d.n_reference,
+                        d.mean, *("" if v is None else v for v in (d.low, d.high, d.p, d.p_holm)),
+                        d.test, "" if s.stats.floor is None else s.stats.floor,
+                        s.stats.n_test or "",
+                    ])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Report:
+    """What write_report made: counts for the caller to log, and the run description."""
+
+    counts: dict[str, int]
+    summary: str  # Markdown, at most DESCRIPTION_LIMIT characters
+
+
+@dataclass(frozen=True)
+class Section:
+    """One comparison in the report: its context, numbers and chart files."""
+
+    comparison: Comparison
+    context: str
+    stats: ComparisonStats
+    chart: str
+    forest: str
 
 
 def write_report(
-    runs: list[RunRecord], folder: Path, selection: str, written: Written = lambda path: None
-) -> dict[str, int]:
+    runs: list[RunRecord], folder: Path, selection: str, written: Written = lambda path: None,
+    file_href: RunHref = lambda run: None, ui_href: RunHref = lambda run: None,
+    artifact_href: Callable[[str], str | None] = lambda path: None,
+) -> Report:  # fmt: skip
     """Everything compare writes, into `folder`: comparisons/*.png, runs/*.png, table.md,
-    table.csv and report.md embedding them, each handed to `written` once whole (compare uploads
-    them while the rest is drawn). Returns counts for the caller to log."""
+    table.csv, report.md and report.html, each handed to `written` once whole (compare uploads
+    them while the rest is drawn). Runs link to `file_href` in the files and to `ui_href` in
+    the summary (the MLflow UI's own links work there); `artifact_href` is where a logged file
+    opens from the MLflow UI (whose Markdown views resolve a relative link against the UI's
+    root, not the file's folder)."""
     configurations = group_configurations(runs)
     # Titles name the factors held fixed, lr and epochs, and whatever else differs in the study.
     context_keys = [*TABLE_CONFIG_KEYS, *varying_keys(configurations)]
-    table = write_table(table_rows(configurations), folder)
+    config_table = write_table(table_rows(configurations), folder)
     written(folder / "table.csv")
     written(folder / "table.md")
     (folder / "comparisons").mkdir()
@@ -94,54 +158,232 @@ def write_report(
     colours = factor_colours(configurations)
     # Two processes drawing at once were no faster on this shared 2-core machine (measured:
     # 6.3-7.9 s against 6.3-7.0 s for the 100-run factorial report at load 6-7), so one draws.
-    sections = [
-        _draw_comparisons(factor, configurations, colours[factor], context_keys, folder, written)
+    sections = {
+        factor: _draw_comparisons(
+            factor, configurations, colours[factor], context_keys, folder, written
+        )
         for factor in FACTORS
-    ]
-    report = [
-        "# CIFAR-10 ablation: comparison", "",
-        f"{selection}: {len(runs)} training runs in {len(configurations)} configurations.",
-        f"In the charts, {BAND_NOTE}.", "", "## Configurations", "", table,
-        "As CSV, unrounded: [table.csv](table.csv).", "",
-        *(line for section in sections for line in section),
-        "## Runs", "", *_draw_runs(configurations, context_keys, folder, written),
+    }
+    write_differences(sections, folder)
+    written(folder / "differences.csv")
+    verdicts = check_claims(configurations)
+    intro = _intro(runs, configurations, selection)
+    run_figures = _draw_runs(configurations, context_keys, folder, written)
+    # report.md and report.html differ in two blocks: the pointer to report.html, and links to
+    # the CSV files from the UI (neither resolves from report.html's blob: page).
+    pointer = paragraph(
+        "In the MLflow UI, open report.html: this file's images show on disk and "
+        "on GitHub, not in the UI's Markdown viewer."
+    )
+    files = _files_paragraph(artifact_href)
+    blocks = [
+        Heading(1, "CIFAR-10 ablation: comparison"), *intro, pointer,
+        Heading(2, "Configurations"), config_table, files,
+        *(b for factor in FACTORS for b in _factor_blocks(factor, sections[factor])),
+        Heading(2, "The study's claims"), *_claims_blocks(verdicts, context_keys),
+        Heading(2, "Compared runs"), _runs_table(configurations, file_href),
+        Heading(2, "Runs"), *run_figures,
     ]  # fmt: skip
-    (folder / "report.md").write_text("\n".join(report))
+    (folder / "report.md").write_text(to_markdown(blocks))
     written(folder / "report.md")
-    charted = sum(len(find_comparisons(configurations, factor)) for factor in FACTORS)
-    return {"runs": len(runs), "configurations": len(configurations), "comparisons": charted}
+    in_html = {id(pointer): None, id(files): _files_paragraph(lambda path: None)}
+    html_blocks = [in_html.get(id(b), b) for b in blocks if in_html.get(id(b), b) is not None]
+    (folder / "report.html").write_text(
+        to_html(html_blocks, folder, "CIFAR-10 ablation: comparison")
+    )
+    written(folder / "report.html")
+    charted = sum(len(s) for s in sections.values())
+    counts = {"runs": len(runs), "configurations": len(configurations), "comparisons": charted}
+    summary = _summary(intro, config_table, sections, verdicts, configurations, ui_href,
+                       _files_paragraph(artifact_href))  # fmt: skip
+    return Report(counts, summary)
+
+
+def _files_paragraph(artifact_href: Callable[[str], str | None]) -> Block:
+    """Links to the CSV files: next to report.md on disk, and as the MLflow UI serves them."""
+    parts: list = []
+    for lead, name in (("As CSV, unrounded: ", "table.csv"), ("; every difference below: ",
+                                                              "differences.csv")):  # fmt: skip
+        parts += [lead, Link(name, name)]
+        if href := artifact_href(name):
+            parts += [" (", Link("from the MLflow UI", href), ")"]
+    return paragraph(*parts, ".")
+
+
+def _intro(runs: list[RunRecord], configurations: list[Configuration], selection: str):
+    kind = headline_kind(runs)
+    return [
+        paragraph(f"{selection}: {len(runs)} training runs in {len(configurations)} "
+                  "configurations."),
+        paragraph(f"Headline accuracy: {HEADLINE_NAMES[kind]}. The test set never chooses an "
+                  f"epoch; the {OPTIMISTIC} is shown in the table only, labelled so."),
+        paragraph(f"Differences: mean over seeds (value − reference) in percentage points, 95% "
+                  "CI and p-value from a paired t-test by seed where both sides ran the same "
+                  "seeds, else Welch's t-test; p-values Holm-corrected within each comparison; "
+                  "with one run on a side, no interval (n = 1). In the curves, "
+                  f"{BAND_NOTE}."),
+    ]  # fmt: skip
 
 
 def _draw_comparisons(
     factor: str, configurations: list[Configuration], colours: dict[str, str],
     context_keys: list[str], folder: Path, written: Written,
-) -> list[str]:  # fmt: skip
-    """The charts of one factor's comparisons; returns their section of report.md."""
+) -> list[Section]:  # fmt: skip
+    """The curves and forest plot of each of one factor's comparisons."""
     comparisons = find_comparisons(configurations, factor)
-    lines = [f"## {factor.capitalize()} comparisons", ""]
     if not comparisons:
-        lines += [f"No two configurations differ only in the {factor}.", ""]
+        return []
     figures = ComparisonFigures(factor, colours)
+    forests = ForestFigures(max(len(c.configurations) - 1 for c in comparisons))
+    sections = []
     for comparison in comparisons:
-        context = describe(comparison.fixed, [k for k in context_keys if k != factor])
-        name = f"comparisons/{factor}__{slug(context)}.png"
-        figures.save(comparison, f"{factor.capitalize()} comparison: {context}", folder / name)
-        written(folder / name)
-        lines += [f"### {context}", "", f"![{factor} comparison, {context}]({name})", ""]
-    return lines
+        keys = [k for k in context_keys if k != factor and not (comparison.tuned and k == "lr")]
+        context = describe(comparison.fixed, keys)
+        if comparison.qualifier:
+            context += f" · {comparison.qualifier}"
+        name = f"comparisons/{factor}__{slug(context)}"
+        stats = comparison_stats(comparison)
+        figures.save(comparison, f"{factor.capitalize()} comparison: {context}",
+                     folder / f"{name}.png")  # fmt: skip
+        written(folder / f"{name}.png")
+        forests.save(stats, f"{factor.capitalize()}: difference from "
+                     f"{comparison.label(stats.reference)} · {context}", colours,
+                     folder / f"{name}__differences.png")  # fmt: skip
+        written(folder / f"{name}__differences.png")
+        sections.append(Section(comparison, context, stats, f"{name}.png",
+                                f"{name}__differences.png"))  # fmt: skip
+    return sections
+
+
+def _differences_table(stats: ComparisonStats) -> Table:
+    rows = []
+    for d in stats.differences:
+        interval = "—" if d.low is None else f"[{d.low * 100:.2f}, {d.high * 100:.2f}]"
+        rows.append((
+            f"{d.value} − {d.reference}", d.n, f"{d.mean * 100:+.2f}", interval,
+            "—" if d.p is None else f"{d.p:.3g}", "—" if d.p_holm is None else f"{d.p_holm:.3g}",
+            d.test,
+        ))  # fmt: skip
+    return table(("difference", "n", "mean (pp)", "95% CI (pp)", "p", "p (Holm)", "test"), rows)
+
+
+def _floor_text(stats: ComparisonStats) -> str:
+    if stats.floor is None:
+        return "Test-set sampling floor: not known (the runs did not log test_images)."
+    return (
+        f"Test-set sampling floor: ±{stats.floor * 100:.2f} pp at the reference's accuracy "
+        f"(±1.96·√(p(1−p)/n_test), n_test = {stats.n_test}): one accuracy measured on that test "
+        "set is uncertain by this much, whatever the seeds."
+    )
+
+
+def _tuned_text(comparison: Comparison) -> str:
+    lrs = ", ".join(f"{c.config[comparison.factor]} lr {c.config.get('lr', '?')}"
+                    for c in comparison.configurations)  # fmt: skip
+    tunes = sorted({r.tuned_from for c in comparison.configurations for r in c.runs})
+    return f"At tuned learning rates ({', '.join(tunes)}): {lrs}."
+
+
+def _factor_blocks(factor: str, sections: list[Section]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, f"{factor.capitalize()} comparisons")]
+    if not sections:
+        return [*blocks, paragraph(f"No two configurations differ only in the {factor}.")]
+    for s in sections:
+        blocks += [Heading(3, s.context), Image(s.chart, f"{factor} comparison, {s.context}")]
+        if s.comparison.tuned:
+            blocks.append(paragraph(_tuned_text(s.comparison)))
+        blocks += [
+            paragraph(f"Against {s.comparison.label(s.stats.reference)}, headline test accuracy:"),
+            _differences_table(s.stats), paragraph(_floor_text(s.stats)),
+            Image(s.forest, f"{factor} differences, {s.context}"),
+        ]  # fmt: skip
+    return blocks
+
+
+def _claims_blocks(verdicts: list[Verdict], context_keys: list[str]) -> list[Block]:
+    rows = []
+    for v in verdicts:
+        where = describe(v.comparison.fixed, context_keys) if v.comparison else ""
+        if v.comparison and v.comparison.qualifier:
+            where += f" · {v.comparison.qualifier}"
+        rows.append((f"({v.letter}) {v.claim}", v.verdict.upper(), v.rule, "; ".join(v.evidence),
+                     where))  # fmt: skip
+    measures = (
+        "Measures: accuracy = the headline test accuracy; final accuracy = test accuracy at the "
+        "last epoch; epochs to 90% = the first epoch whose test accuracy reaches 90% of the run's "
+        "final (fewer: faster convergence); fluctuation = the standard deviation of epoch-to-epoch "
+        "changes of test accuracy over the second half of training (smaller: smoother, more "
+        "stable); seconds per epoch = mean epoch wall time. Each claim is checked within one "
+        "comparison: the one holding the values it needs with the most runs."
+    )
+    return [paragraph(measures),
+            table(("claim", "verdict", "rule", "numbers", "comparison"), rows)]  # fmt: skip
+
+
+def _runs_table(configurations: list[Configuration], href: RunHref,
+                limit: int | None = None) -> Table:  # fmt: skip
+    """A row per run: its name (a link where `href` gives one) and id; `limit` rows at most
+    (the description's room), then a line saying how many were left out."""
+    rows = []
+    for number, configuration in enumerate(configurations, 1):
+        for run in configuration.runs:
+            link = href(run)
+            rows.append((Link(run.name, link) if link else run.name, run.run_id, str(number),
+                         str(run.seed), percent(run.headline), str(run.selected_epoch)))  # fmt: skip
+    if limit is not None and len(rows) > limit:
+        rows = [*rows[:limit], (f"… and {len(rows) - limit} more: see report.html", "", "", "",
+                                "", "")]  # fmt: skip
+    header = ("run", "run id", "configuration (table row)", "seed", "headline test acc (%)",
+              "judged at epoch")  # fmt: skip
+    return table(header, rows)
+
+
+def _summary(intro, config_table, sections, verdicts, configurations, ui_href: RunHref,
+             files: Block) -> str:  # fmt: skip
+    """The description: the table, the differences, the verdicts and the runs, cut to fit."""
+    differences: list[Block] = []
+    for factor in FACTORS:
+        for s in sections[factor]:
+            floor = f"±{s.stats.floor * 100:.2f} pp" if s.stats.floor else "not known"
+            floor_line = f"Test-set sampling floor: {floor} (n_test = {s.stats.n_test})."
+            differences += [Heading(4, f"{factor}: {s.context}"), _differences_table(s.stats),
+                            paragraph(floor_line)]  # fmt: skip
+    claims = [table(("claim", "verdict", "numbers (Holm p)"),
+                    [(f"({v.letter}) {v.claim}", v.verdict.upper(), "; ".join(v.brief))
+                     for v in verdicts])]  # fmt: skip
+    head = [Heading(3, "CIFAR-10 ablation: comparison"), *intro[:2], config_table, files]
+    note = paragraph("Charts, rules and every run's figure: report.html in this run's Artifacts.")
+    runs = sum(len(c.runs) for c in configurations)
+    for parts in ((differences, claims, runs), (differences, claims, 20), ([], claims, 20),
+                  ([], claims, 0), ([], [], 0)):  # fmt: skip
+        diffs, verdict_table, limit = parts
+        text = to_markdown([
+            *head, *([Heading(3, "Differences")] if diffs else []), *diffs,
+            *([Heading(3, "Claims")] if verdict_table else []), *verdict_table,
+            Heading(3, "Compared runs"), _runs_table(configurations, ui_href, limit),
+            note,
+        ])  # fmt: skip
+        if len(text) <= DESCRIPTION_LIMIT:
+            return text
+    return text[: DESCRIPTION_LIMIT - 40] + "\n\n… (cut: see report.html)"
 
 
 def _draw_runs(
-    configurations: list[Configuration], context_keys: list[str], folder: Path, written: Written
-) -> list[str]:
-    """Each run's figure, in table order; returns the report.md lines showing them."""
-    figures = RunFigures([run for c in configurations for run in c.runs])
-    lines = []
+    configurations: list[Configuration], context_keys: list[str], folder: Path,
+    written: Written,
+) -> list[Block]:  # fmt: skip
+    """Each run's figure, in table order."""
+    figures = RunFigures()
+    blocks: list[Block] = []
     for configuration in configurations:
         caption = describe(configuration.config, context_keys)
         for run in configuration.runs:
             name = f"runs/{slug(run.name)}__{run.run_id[:12]}.png"
-            figures.save(run, f"{caption} · seed {run.seed}", folder / name)
+            judged = "best validation" if run.validated else "final"
+            subtitle = (
+                f"{caption} · seed {run.seed} · judged at epoch {run.selected_epoch} ({judged})"
+            )
+            figures.save(run, subtitle, folder / name)
             written(folder / name)
-            lines += [f"![{run.name}]({name})", ""]
-    return lines
+            blocks.append(Image(name, run.name))
+    return blocks

@@ -40,7 +40,12 @@ EMPTY_CURVE = Curve(np.zeros(0, int), np.zeros(0))
 
 @dataclass(frozen=True, eq=False)
 class RunRecord:
-    """One training run as compare sees it; fabricated freely in tests."""
+    """One training run as compare sees it; fabricated freely in tests.
+
+    Every number is derived from the per-epoch histories, so runs logged before the summary
+    metrics existed are judged the same way. The epoch a run is judged by is chosen on
+    validation (core.selection's rule: highest val_acc, ties to the earlier epoch); a run
+    without a validation split is judged by its final epoch. The test set never chooses."""
 
     run_id: str
     name: str
@@ -48,27 +53,81 @@ class RunRecord:
     seed: int
     model_params: int | None
     history: Mapping[str, Curve]
+    test_images: int | None = None  # the test set's size (param test_images), for its noise
+    tuned_from: str | None = None  # the tune whose learning rate this run used (tag tuned_from)
+    experiment_id: str = ""
 
     def curve(self, key: str) -> Curve:
         return self.history.get(key, EMPTY_CURVE)
 
     @property
-    def best_test_acc(self) -> float:
-        return float(self.curve("test_acc").values.max())
+    def validated(self) -> bool:
+        return len(self.curve("val_acc").epochs) > 0
 
     @property
-    def best_epoch(self) -> int:
-        test = self.curve("test_acc")
-        return int(test.epochs[np.argmax(test.values)])  # the first epoch reaching the best
+    def selected_epoch(self) -> int:
+        """The best-validation epoch (the earliest of equals), else the last epoch."""
+        if self.validated:
+            val = self.curve("val_acc")
+            return int(val.epochs[np.argmax(val.values)])  # argmax: the first of equals
+        return int(self.curve("test_acc").epochs[-1])
+
+    @property
+    def headline(self) -> float:
+        """test_acc_at_best with a validation split, else final_test_acc."""
+        return self.test_acc_at(self.selected_epoch)
+
+    @property
+    def test_acc_at_best(self) -> float:
+        return self.headline if self.validated else float("nan")
 
     @property
     def final_test_acc(self) -> float:
         return float(self.curve("test_acc").values[-1])
 
     @property
+    def max_test_acc(self) -> float:
+        """The maximum of test accuracy over epochs: chosen on the test set, so optimistic."""
+        return float(self.curve("test_acc").values.max())
+
+    def test_acc_at(self, epoch: int) -> float:
+        test = self.curve("test_acc")
+        found = np.flatnonzero(test.epochs == epoch)
+        return float(test.values[found[0]]) if len(found) else float("nan")
+
+    @property
     def seconds_per_epoch(self) -> float:
         seconds = self.curve("epoch_seconds").values
         return float(seconds.mean()) if len(seconds) else float("nan")
+
+    @property
+    def epochs_to_90(self) -> float:
+        """Convergence speed: the first epoch whose test accuracy reaches 90% of the final."""
+        test = self.curve("test_acc")
+        reached = np.flatnonzero(test.values >= 0.9 * test.values[-1])
+        return float(test.epochs[reached[0]])
+
+    @property
+    def late_fluctuation(self) -> float:
+        """Stability: the standard deviation of the epoch-to-epoch changes of test accuracy over
+        the second half of training (changes into epochs after half the last epoch); NaN with
+        fewer than two such changes."""
+        test = self.curve("test_acc")
+        changes = np.diff(test.values)[test.epochs[1:] > test.epochs[-1] / 2]
+        return float(np.std(changes, ddof=1)) if len(changes) >= 2 else float("nan")
+
+
+# What a run is judged by, as the report names it.
+HEADLINE_NAMES = {"test_acc_at_best": "test accuracy at the best-validation epoch",
+                  "final_test_acc": "final-epoch test accuracy (no validation split)",
+                  "mixed": "test accuracy at the best-validation epoch where a run has a "
+                           "validation split, else at its final epoch"}  # fmt: skip
+
+
+def headline_kind(runs: Iterable[RunRecord]) -> str:
+    """Which number `RunRecord.headline` is for these runs: a key of HEADLINE_NAMES."""
+    kinds = {r.validated for r in runs}
+    return "mixed" if len(kinds) > 1 else "test_acc_at_best" if True in kinds else "final_test_acc"
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +145,11 @@ class Configuration:
     def model_params(self) -> int | None:
         return self.runs[0].model_params
 
+    @property
+    def tuned(self) -> bool:
+        """Every run used a learning rate found by a tune (`sweep --tuned`)."""
+        return all(r.tuned_from for r in self.runs)
+
     def stat(self, of: str) -> tuple[float, float | None]:
         """Mean and sample standard deviation over the runs of a RunRecord property (None: n=1)."""
         values = np.array([getattr(r, of) for r in self.runs], float)
@@ -100,13 +164,26 @@ class Comparison:
     fixed: Mapping[str, str]
     configurations: tuple[Configuration, ...]
 
+    @property
+    def tuned(self) -> bool:
+        """Each value ran at the learning rate a tune found for it (so lr differs per value)."""
+        return all(c.tuned for c in self.configurations)
+
+    @property
+    def qualifier(self) -> str:
+        return "at tuned learning rates" if self.tuned else ""
+
     def label(self, configuration: Configuration) -> str:
-        """The factor value, plus its settings where two lines share a value (momentum 0.9/0.99)."""
+        """The factor value, plus its settings where two lines share a value (momentum 0.9/0.99),
+        and its learning rate at tuned learning rates."""
         value = configuration.config[self.factor]
         shared = sum(c.config[self.factor] == value for c in self.configurations) > 1
         config = configuration.config
         details = [f"{k} {config[k]}" for k in factor_settings(self.factor) if k in config]
-        return f"{value} ({', '.join(details)})" if shared and details else value
+        details = details if shared else []
+        if self.tuned and "lr" in config:
+            details.append(f"lr {config['lr']}")
+        return f"{value} ({', '.join(details)})" if details else value
 
 
 def factor_settings(factor: str) -> tuple[str, ...]:
@@ -161,15 +238,17 @@ def group_configurations(runs: Iterable[RunRecord]) -> list[Configuration]:
 
 
 def find_comparisons(configurations: Iterable[Configuration], factor: str) -> list[Comparison]:
-    """Groups of at least two configurations that agree on every config value but `factor`."""
-    varying = {factor, *factor_settings(factor)}
+    """Groups of at least two configurations that agree on every config value but `factor`.
+    Tuned configurations (each value at its own tuned lr) are compared with each other, lr
+    aside, and never with untuned ones."""
     groups: dict[tuple, list[Configuration]] = defaultdict(list)
     for configuration in configurations:
+        varying = {factor, *factor_settings(factor), *(("lr",) if configuration.tuned else ())}
         fixed = {k: v for k, v in configuration.config.items() if k not in varying}
-        groups[tuple(sorted(fixed.items()))].append(configuration)
+        groups[(configuration.tuned, tuple(sorted(fixed.items())))].append(configuration)
     return [
         Comparison(factor, dict(key), tuple(members))  # members keep the configurations' order
-        for key, members in groups.items()
+        for (_, key), members in groups.items()
         if len(members) >= 2
     ]
 
@@ -183,6 +262,11 @@ def varying_keys(configurations: Iterable[Configuration]) -> list[str]:
     return [k for k in CONFIG_KEYS if k not in TABLE_CONFIG_KEYS and len(values[k]) > 1]
 
 
+# Per-configuration statistics in the table (mean and std over runs). max_test_acc is the
+# optimistic maximum over epochs, kept for older reports' sake and labelled so.
+TABLE_STATS = ("headline", "test_acc_at_best", "final_test_acc", "max_test_acc")
+
+
 def table_rows(configurations: list[Configuration]) -> list[dict[str, object]]:
     """One row per configuration, as numbers (accuracies are fractions); the CSV is these rows."""
     rows = []
@@ -194,9 +278,10 @@ def table_rows(configurations: list[Configuration]) -> list[dict[str, object]]:
         row["params"] = configuration.model_params
         row["seeds"] = " ".join(str(s) for s in configuration.seeds)
         row["runs"] = len(configuration.runs)
-        for stat in ("best_test_acc", "final_test_acc"):
+        row["headline"] = headline_kind(configuration.runs)
+        for stat in TABLE_STATS:
             row[f"{stat}_mean"], row[f"{stat}_std"] = configuration.stat(stat)
-        row["best_epoch_mean"] = configuration.stat("best_epoch")[0]
+        row["selected_epoch_mean"] = configuration.stat("selected_epoch")[0]
         row["seconds_per_epoch_mean"] = configuration.stat("seconds_per_epoch")[0]
         row["run_ids"] = " ".join(r.run_id for r in configuration.runs)
         rows.append(row)

@@ -8,8 +8,9 @@ read per run and metric.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+import shlex
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -59,9 +60,10 @@ def training_runs(selection: Selection) -> list[Run]:
     found = client.get_experiment_by_name(selection.experiment)
     if found is None:
         raise SelectionError(
-            f"experiment {selection.experiment!r} does not exist on {tracking_uri()}: "
-            "name one that holds training runs with --experiment"
-        )
+            f"experiment {selection.experiment!r} does not exist on {tracking_uri()}"
+            + (where_training_runs_are(selection.experiment)
+               or ": name one that holds training runs with --experiment")
+        )  # fmt: skip
     clauses = [selection.filter.strip()] if selection.filter.strip() else []
     clauses.append("tags.model IS NOT NULL")
     if selection.sweep:
@@ -87,11 +89,36 @@ def training_runs(selection: Selection) -> list[Run]:
     if not runs:
         what = "training runs" if selection.include_unfinished else "finished training runs"
         where = selection.describe()
+        elsewhere = "" if where else where_training_runs_are(selection.experiment)
         raise SelectionError(
             f"no {what} in experiment {selection.experiment!r}"
-            f"{' matching ' + where if where else ''}: train some first, or widen the selection"
+            f"{' matching ' + where if where else ''}"
+            + (elsewhere or ": train some first, or widen the selection")
         )
     return runs
+
+
+def result_test_acc(metrics: Mapping[str, float]) -> float | None:
+    """A finished run's test accuracy as a result: at its best-validation epoch
+    (test_acc_at_best), else at its last epoch (final_test_acc); None for a run without them."""
+    return metrics.get("test_acc_at_best", metrics.get("final_test_acc"))
+
+
+def where_training_runs_are(excluding: str) -> str:
+    """'; training runs are in experiment 'Default' (3 runs): pass --experiment Default', naming
+    the experiments other than `excluding` that hold training runs (`mlflow run` without
+    --experiment-name files them in 'Default'); '' when there are none."""
+    client = MlflowClient()
+    names = {e.experiment_id: e.name for e in client.search_experiments() if e.name != excluding}
+    if not names:
+        return ""
+    runs = client.search_runs(list(names), "tags.model IS NOT NULL", max_results=1000)
+    counts = Counter(names[r.info.experiment_id] for r in runs)
+    if not counts:
+        return ""
+    listed = ", ".join(f"{name!r} ({n} runs)" for name, n in counts.most_common(3))
+    first = counts.most_common(1)[0][0]
+    return f"; training runs are in experiment {listed}: pass --experiment {shlex.quote(first)}"
 
 
 History = dict[int, float]  # {step: value}, in step order

@@ -1,5 +1,5 @@
 """What a command records into its own run besides its params and tags (runs.RunSpec): metrics,
-files (each uploaded as soon as it is whole), figures and tables."""
+files (each uploaded as soon as it is whole), figures, tables and the run's description."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -21,7 +22,14 @@ UPLOAD_THREADS = 2
 
 def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    MlflowClient().log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    )
+
+
+def set_description(run_id: str, markdown: str) -> None:
+    """The run's description: Markdown its Overview page shows (the tag `mlflow.note.content`)."""
+    MlflowClient().set_tag(run_id, MLFLOW_RUN_NOTE, markdown)
 
 
 def log_folder(run_id: str, folder: Path, artifact_path: str | None = None) -> None:
@@ -63,4 +71,3 @@ class Uploads:
         if exc_type is None:
             for upload in self._pending:
                 upload.result()
-
