@@ -48,6 +48,7 @@ class Grid:
     axes: tuple[Mapping[str, tuple], ...] = DEFAULT_AXES
     seeds: int | tuple[int, ...] | None = None  # a count from the base seed on, or the seeds
     source: str = "default study"
+    tags: Mapping[str, str] = field(default_factory=dict)  # on every run of the sweep
 
     def describe_axes(self) -> str:
         """'activation=sigmoid,relu | optimizer=sgd,adam': the grid as one readable line."""
