@@ -4,6 +4,7 @@
     python bench/bench_train.py --device cuda --workers 4  # on a GPU; torch + torchvision only
     .venv/bin/python bench/bench_train.py --accuracy       # engine vs plain path, short real run
     python bench/bench_train.py --device cuda --recipe     # the study's recipe, end to end
+    bash bench/gpu.sh                                       # all of these on the GPU machine
 
 Throughput (the default) measures training images per second, for each model, of
   engine        the project's Trainer: the split on the device as uint8, batched crop/flip/
@@ -18,7 +19,8 @@ epoch boundary inside a block costs what it costs), interleaved over --rounds ro
 `--accuracy` trains the engine and the plain path (the baseline's pipeline and loop) from the
 same initial weights and reports both test accuracies. `--recipe` times the study's recipe
 (batch 128, 40 epochs, test evaluation each epoch) for ResNet-18 end to end, and Ghost-ResNet-18's
-seconds per epoch. Each mode writes bench/results/<mode>-<device>.json, then docs/benchmarks.md
+seconds per epoch; `--time-limit S` stops each model after the epoch that passes S seconds, and
+the rest is extrapolated (marked so). Each mode writes bench/results/<mode>-<device>.json, then docs/benchmarks.md
 is regenerated from every results file. Nothing here imports MLflow.
 """
 
@@ -36,21 +38,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench import baseline, report  # noqa: E402
-from bench.throughput import throughput  # noqa: E402
-from bench.timing import environment  # noqa: E402
-from bench.workload import config_for, load  # noqa: E402
-from cifar_mlflow.core.config import DEFAULTS  # noqa: E402
-from cifar_mlflow.core.engine import (  # noqa: E402
+from bench import baseline, report
+from bench.throughput import throughput
+from bench.timing import environment, peak_memory_bytes, reset_peak_memory
+from bench.workload import config_for, load
+from cifar_mlflow.core.config import DEFAULTS
+from cifar_mlflow.core.engine import (
+    StopTraining,
     Trainer,
     build_optimizer,
     forward_flops,
     resolve_device,
 )
-from cifar_mlflow.core.errors import UserError  # noqa: E402
-from cifar_mlflow.core.models import MODELS  # noqa: E402
+from cifar_mlflow.core.errors import UserError
+from cifar_mlflow.core.models import MODELS
 
 DATA_DIR = "/work/shared/data/cifar10-jpeg"
 RESULTS = ROOT / "bench" / "results"
@@ -80,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--epochs", type=int, help="--accuracy: 2; --recipe: 40 for ResNet-18")
     p.add_argument("--ghost-epochs", type=int, default=5, help="--recipe: Ghost-ResNet-18 epochs")
+    p.add_argument("--time-limit", type=float, help="--recipe: seconds per model, then extrapolate")
     p.add_argument("--seeds", default="0", help="--accuracy: comma-separated seeds")
     p.add_argument("--train-limit", type=int, default=0, help="training images (0: all)")
     p.add_argument("--test-limit", type=int, default=0, help="test images (0: all)")
@@ -182,6 +186,17 @@ def accuracy_check(args: argparse.Namespace, device: torch.device) -> dict:
 # --- the study's recipe --------------------------------------------------------------------
 
 
+def time_box(started: float, limit: float | None):
+    """An epoch callback that ends training after the epoch that passes `limit` seconds, but
+    not before two epochs: the first holds the compilation, the second is the steady figure."""
+
+    def check(metrics) -> None:
+        if limit is not None and metrics.epoch >= 2 and time.perf_counter() - started > limit:
+            raise StopTraining(f"time limit {limit:g} s")
+
+    return check
+
+
 def recipe(args: argparse.Namespace, device: torch.device) -> dict:
     """ResNet-18 end to end (decoded cache -> device -> 40 epochs with test evaluation), then
     Ghost-ResNet-18 for a few epochs: seconds per epoch of the two compared."""
@@ -190,18 +205,26 @@ def recipe(args: argparse.Namespace, device: torch.device) -> dict:
     load_seconds = time.perf_counter() - started
     models = {}
     for name, epochs in (("resnet18", args.epochs or 40), ("ghost_resnet18", args.ghost_epochs)):
+        reset_peak_memory(device)
         started = time.perf_counter()
         trainer = Trainer(config_for(args, name, device, epochs=epochs), data, device)
-        history = trainer.fit(lambda metrics: None).history
+        history = trainer.fit(time_box(started, args.time_limit)).history
         seconds = time.perf_counter() - started
         steady = [m.epoch_seconds for m in history[1:]] or [history[0].epoch_seconds]
+        left = epochs - len(history)  # epochs the time limit cut off
         models[name] = {
             "epochs": epochs,
-            "seconds": seconds,
+            "epochs_trained": len(history),
+            # The first epoch holds the compilation and warm-up: the rest are steady.
+            "seconds": seconds + left * statistics.median(steady),
+            "extrapolated": left > 0,
+            "first_epoch_extra_seconds": history[0].epoch_seconds - statistics.median(steady),
+            "max_memory_allocated": peak_memory_bytes(device),
             "epoch_seconds": [m.epoch_seconds for m in history],
             "median_epoch_seconds_after_first": statistics.median(steady),
             "images_per_second": statistics.median(m.images_per_second for m in history),
-            "best_test_acc": max(m.test_acc for m in history),
+            "final_test_acc": history[-1].test_acc,
+            "max_test_acc": max(m.test_acc for m in history),  # over epochs: optimistic
             "model_flops": forward_flops(trainer.model, device),
             "precision": trainer.precision,
         }

@@ -19,7 +19,9 @@ from bench.timing import (
     environment,
     interleaved,
     paired_ratio,
+    peak_memory_bytes,
     per_batch_seconds,
+    reset_peak_memory,
     summary,
 )
 from bench.workload import Block, config_for, endless, load
@@ -51,6 +53,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict:
         "models": {},
     }
     for name in args.models:
+        reset_peak_memory(device)
         trainer, variants = throughput_variants(args, name, device, data)
         rates = interleaved(variants, args.rounds, args.warmup, device)
         clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)  # GPU work is not CPU time
@@ -58,6 +61,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict:
         result["models"][name] = {
             "model_flops": forward_flops(trainer.model, device),
             "precision": trainer.precision,
+            "max_memory_allocated": peak_memory_bytes(device),  # every variant's, together
             "images_per_second": {c: {k: summary(v[c]) for k, v in rates.items()} for c in clocks},
             "engine_over": {
                 c: {k: paired_ratio(engine[c], v[c]) for k, v in rates.items() if k != "engine"}

@@ -71,6 +71,16 @@ def williams_orders(n: int) -> list[list[int]]:
     return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """The most GPU memory torch's allocator held since `reset_peak_memory` (None on a CPU)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
 def per_batch_seconds(
     batches: Iterator, count: int, device: torch.device
 ) -> dict[str, list[float]]:

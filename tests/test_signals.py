@@ -23,8 +23,11 @@ from .processes import SMALL_RUN, TrainingProcess, steps, wait_for_checkpoint
 PROMPT_SECONDS = 30
 
 
+# SIGTERM only: SIGINT takes the same path (core.signals.StopOnSignal handles both alike, as the
+# stepper test below shows for each), and reaches real trainings in
+# tests/test_sweep_signals.py, where a sweep forwards it to its children.
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM], ids=["SIGTERM"])
 def test_signal_marks_the_run_killed_keeps_its_checkpoint_and_exits_promptly(
     signum, image_folder, tracking, tmp_path
 ):
@@ -79,7 +82,7 @@ except Interrupted as e:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_during_a_step_lets_the_step_finish_and_starts_no_other(signum):
     done = subprocess.run([sys.executable, "-c", STEPPER, str(int(signum))], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+                          text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "making batch 1", "step 1 started", "step 1 finished",

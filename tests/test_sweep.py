@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow.cli import cli, given_arguments
 from cifar_mlflow.core.config import DEFAULTS, TrainConfig
 from cifar_mlflow.sweep.command import sweep as sweep_command
-from cifar_mlflow.sweep.executors import Launch, launch
+from cifar_mlflow.sweep.executors import Launch, launch, local_slots
 from cifar_mlflow.sweep.grid import DEFAULT_AXES, config_key, expand
 from cifar_mlflow.sweep.plan import child_args
 from cifar_mlflow.tracking.sweeps import CONFIG_TAG
@@ -33,8 +33,9 @@ STUDY = {
     ("resnet18", "gelu", "sgd"), ("resnet18", "relu", "momentum"), ("resnet18", "relu", "adam"),
     ("ghost_resnet18", "relu", "sgd"),
 }  # fmt: skip
+# A second or two per configuration.
 TINY = ("--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-system-metrics",
-        "--train-limit", "20", "--test-limit", "10")  # a second or two per configuration
+        "--train-limit", "20", "--test-limit", "10")  # fmt: skip
 
 
 def sweep(*args: str):
@@ -80,6 +81,28 @@ def test_child_args_rebuild_exactly_the_config():
     parsed = train.make_context("train", list(child_args(config))).params
     parsed.pop("resume")
     assert TrainConfig(**parsed) == config
+
+
+def test_runs_per_gpu_gives_each_gpu_k_processes_and_the_cpu_k_without_gpus():
+    assert local_slots(None, 1, []) == [None]  # the default: one at a time
+    assert local_slots(None, 2, []) == [None, None]  # no GPU: K at once on the CPU
+    assert local_slots(None, 2, ["0", "1"]) == ["0", "1", "0", "1"]  # CUDA_VISIBLE_DEVICES each
+    assert local_slots(3, 1, ["0", "1"]) == ["0", "1", "0"]  # --parallel: round robin
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (("--runs-per-gpu", "2", "--parallel", "2"), "give --parallel N"),
+        (("--runs-per-gpu", "2", "--executor", "ray", "--gpus-per-trial", "0.5"),
+         "give --gpus-per-trial G or --runs-per-gpu K"),
+        (("--runs-per-gpu", "0"), "0 is not in the range x>=1"),
+    ],
+)  # fmt: skip
+def test_runs_per_gpu_is_refused_beside_what_it_replaces(options, message):
+    result = sweep("--dry-run", *options)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_dry_run_prints_the_plan_and_creates_nothing(tracking):
@@ -249,8 +272,9 @@ def test_a_sweep_nests_its_runs_retries_the_failed_one_and_then_runs_nothing(
     late = tmp_path / "late"
     (late / "train").mkdir(parents=True)
     grid = failing_grid(tmp_path, image_folder, late)
+    # --runs-per-gpu 2 on the CPU: both configurations at once (the run is startup-bound).
     args = ("--grid", grid, "--experiment", tracking, "--sweep-id", "s1", *TINY,
-            "--output-dir", str(tmp_path / "report"))  # fmt: skip
+            "--runs-per-gpu", "2", "--output-dir", str(tmp_path / "report"))  # fmt: skip
 
     first = sweep(*args)
     assert first.exit_code == 1
@@ -283,11 +307,11 @@ def test_a_sweep_nests_its_runs_retries_the_failed_one_and_then_runs_nothing(
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     retried = MlflowClient().get_run(failed.info.run_id)  # the same run, now finished
     assert retried.info.status == "FINISHED" and "failure_reason" not in retried.data.tags
-    assert retried.data.params["activation"] == "gelu" and "best_test_acc" in retried.data.metrics
+    assert retried.data.params["activation"] == "gelu" and "final_test_acc" in retried.data.metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"report.md", "table.csv"} <= artifacts
     assert parent_again.data.params["sweep.configurations"] == "2"
-    assert parent_again.data.metrics["runs"] == 2
+    assert parent_again.data.metrics["compare.runs"] == 2
 
     third = sweep(*args)
     assert third.exit_code == 0, third.output
@@ -313,7 +337,7 @@ def test_ray_trials_log_to_the_server_and_a_failed_one_does_not_stop_the_others(
          "--sweep-id", "r1", *TINY, "--executor", "ray", "--parallel", "1",
          "--output-dir", str(tmp_path / "report")],
         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}, capture_output=True,
-        text=True, timeout=900,
+        text=True, timeout=900, check=False,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     assert "1 of 2 configurations did not finish" in result.stderr, result.stderr[-3000:]
@@ -344,7 +368,9 @@ def test_mlflow_run_sweep_makes_its_run_the_parent(tracking, mlflow_server, imag
                "--env-manager", "local", "--experiment-name", tracking]  # fmt: skip
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     parent, [child] = sweep_runs(tracking, "mp")

@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from ..core.config import TrainConfig
+from ..options import RESOURCE_SHARE
 from ..train.command import CONFIG_OPTIONS
 from .grid import SWEEP_WIDE, Grid, build_base, load_grid_file, resolve_seeds
 
@@ -67,10 +68,37 @@ def requested_grid(
     return grid, base, resolve_seeds(grid.seeds, base.seed)
 
 
+def _tuned_grid(ctx: click.Context, tune_id: str, grid_file: str | None,
+                options: Mapping[str, object], base: TrainConfig) -> Grid:  # fmt: skip
+    from .plan import tuned_grid  # reads the tune from the tracking server
+
+    if grid_file or any(isinstance(v, tuple) and len(v) > 1 for v in options.values()):
+        raise click.UsageError(
+            "--tuned trains the tune's configurations: leave out --grid and repeated options"
+        )
+    given = {n for n in options if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE}
+    return tuned_grid(tune_id, given, base)
+
+
 def _check_sweep_id(ctx, param, value: str | None) -> str | None:
     if value is not None and not SWEEP_ID.match(value):
         raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' (at most 64)")
     return value
+
+
+def _check_runs_per_gpu(executor: str, parallel, runs_per_gpu, gpus_per_trial) -> None:
+    """--runs-per-gpu says how the processes share the GPUs; so do the options it replaces."""
+    if runs_per_gpu is None:
+        return
+    if executor == "local" and parallel is not None:
+        raise click.UsageError(
+            "give --parallel N (N at once, round robin over the GPUs) or --runs-per-gpu K "
+            "(K on each GPU), not both"
+        )
+    if gpus_per_trial is not None:
+        raise click.UsageError(
+            "give --gpus-per-trial G or --runs-per-gpu K (1/K of a GPU per trial), not both"
+        )
 
 
 @click.command(params=[
@@ -89,23 +117,35 @@ def _check_sweep_id(ctx, param, value: str | None) -> str | None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: processes on this machine; ray: Ray Tune trials (pip install -e \".[ray]\")")  # fmt: skip
 @click.option("--parallel", type=click.IntRange(min=1), default=None,
-              help="configurations at once (local: one GPU each, round robin)  [default: local 1, "
-                   "ray: as the cluster's resources allow]")  # fmt: skip
+              help="configurations at once (local: one GPU each, round robin)  [default: local "
+                   "--runs-per-gpu x GPUs, ray: as the cluster's resources allow]")  # fmt: skip
+@click.option("--runs-per-gpu", type=click.IntRange(min=1), default=None, metavar="K",
+              help="trainings sharing each GPU at once (local: K x GPUs processes, each pinned "
+                   "by CUDA_VISIBLE_DEVICES; without GPUs, K at once on the CPU; ray: num_gpus "
+                   "1/K per trial)  [default: 1, until a GPU measurement says otherwise: "
+                   "docs/benchmarks.md]")  # fmt: skip
 @click.option("--ray-address", default=None, metavar="ADDRESS",
               help="a running Ray cluster (host:port, ray://host:10001, auto)  [default: start a local Ray]")  # fmt: skip
-@click.option("--cpus-per-trial", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=None,
+@click.option("--cpus-per-trial", type=RESOURCE_SHARE, default=1.0, show_default=True)
+@click.option("--gpus-per-trial", type=RESOURCE_SHARE, default=None,
               help="[default: 1 where the Ray cluster has GPUs and --device is not cpu, else 0]")  # fmt: skip
+@click.option("--tuned", metavar="TUNE_ID", default=None,
+              help="train the configurations of this `cifar-mlflow tune` at their tuned lr (and "
+                   "weight decay) for the full --epochs over --seeds: the fair comparison")  # fmt: skip
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help=f"where the compare report is written  [default: {DEFAULT_OUTPUT_ROOT}/SWEEP_ID]")  # fmt: skip
 @click.pass_context
-def sweep(ctx, grid_file, seeds, sweep_id, dry_run, executor, parallel, ray_address,
-          cpus_per_trial, gpus_per_trial, output_dir, **options) -> None:  # fmt: skip
+def sweep(ctx, grid_file, seeds, sweep_id, dry_run, executor, parallel, runs_per_gpu, ray_address,
+          cpus_per_trial, gpus_per_trial, tuned, output_dir, **options) -> None:  # fmt: skip
     """Train a whole grid of configurations as one tracked, resumable sweep."""
     from .job import Execution, run_sweep
 
+    _check_runs_per_gpu(executor, parallel, runs_per_gpu, gpus_per_trial)
     grid, base, seed_list = requested_grid(ctx, options, grid_file, seeds)
-    execution = Execution(executor, parallel, ray_address, cpus_per_trial, gpus_per_trial)
+    if tuned:
+        grid = _tuned_grid(ctx, tuned, grid_file, options, base)
+    execution = Execution(executor, parallel, ray_address, cpus_per_trial, gpus_per_trial,
+                          runs_per_gpu or 1)  # fmt: skip
     sweep_id = sweep_id or time.strftime("%Y%m%d-%H%M%S")
     output_dir = output_dir or f"{DEFAULT_OUTPUT_ROOT}/{sweep_id}"
     run_sweep(grid, base, seed_list, sweep_id, dry_run, execution, output_dir)

@@ -1,10 +1,12 @@
 """Where a sweep's configurations train: one `cifar-mlflow train` process each, here or on Ray.
 
 Every configuration is a child process logging into a run the sweep created for it
-(MLFLOW_RUN_ID), so a crash, an out-of-memory kill or a bad config ends that run only. The
-process's summary lines ("epoch k/n ... test ... acc X") are its progress; when it is gone the
-run on the tracking server says how it ended, and a run it left RUNNING (killed hard) is ended
-FAILED (tracking.sweeps). The same `launch` runs in a local thread or inside a Ray Tune trial.
+(MLFLOW_RUN_ID), so a crash, an out-of-memory kill or a bad config ends that run only. Its
+progress comes as structured events on a pipe (train/events.py); when it is gone the run on the
+tracking server says how it ended, and a run it left unfinished (killed hard) is ended there
+(tracking.sweeps). Each child runs in a session of its own, so a terminal's Ctrl-C reaches the
+sweep alone, which forwards exactly one signal to each child (`Children`). The same `launch` runs
+in a local thread or inside a Ray Tune trial.
 """
 
 from __future__ import annotations
@@ -22,20 +24,25 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from queue import Queue
 from typing import Protocol
 
 from ..core.errors import UserError
+from ..tracking.runs import FAILED, KILLED
 from ..tracking.sweeps import settle_child
+from ..train.events import EVENTS_FD, Event, as_dict, from_dict, read_events
 
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)\s.*\stest loss \S+ acc ([0-9.]+)")
 ERROR_LINE = re.compile(r"^error: (.+)")
 OUTPUT_LINES_KEPT = 200  # of a failed process, logged to its run (tracking.sweeps)
 RAY_CONNECT_SECONDS = 5.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# After the forwarded signal, how long a child has to end its run KILLED before it is killed:
+# train stops after the step in progress, then ends its run (measured on a loaded 2-core
+# machine: 14-19 s, tests/test_signals.py), and the sweep must be gone within 30 s.
+STOP_GRACE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class Outcome:
     status: str  # FINISHED, FAILED or KILLED, as the run ended on the tracking server
     run_id: str = ""
     reason: str = ""
-    best_test_acc: float | None = None
+    test_acc: float | None = None
     seconds: float = 0.0
 
 
@@ -63,37 +70,104 @@ class Observer(Protocol):
     """What the progress board hears; called from worker threads (local) or Ray's driver loop."""
 
     def started(self, index: int) -> None: ...
-    def epoch(self, index: int, epoch: int, epochs: int, test_acc: float) -> None: ...
+    def progress(self, index: int, event: Event) -> None: ...
     def finished(self, index: int, outcome: Outcome) -> None: ...
+
+
+class Children:
+    """A sweep's running training processes. Each starts in a session (process group) of its
+    own, so a terminal's Ctrl-C, which goes to the foreground group, reaches only the sweep; the
+    sweep then `stop`s them: one signal each (train ends its run KILLED after its current step),
+    SIGKILL for any still alive after the grace period, and none started after that."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.live: dict[int, subprocess.Popen] = {}
+        self.stopped_by: int | None = None  # the signal that stopped the sweep
+
+    def start(self, index: int, command: Sequence[str], **popen) -> subprocess.Popen | None:
+        """Start `command`, unless the sweep is stopping (then None). Under the lock, so a
+        process is either signalled by `stop` or never started."""
+        with self.lock:
+            if self.stopped_by is not None:
+                return None
+            # preexec_fn is safe with threads about here: one async-signal-safe call (prctl).
+            process = subprocess.Popen(
+                command,
+                start_new_session=True,
+                preexec_fn=_stop_with_parent(),  # noqa: PLW1509
+                **popen,
+            )
+            self.live[index] = process
+            return process
+
+    def done(self, index: int) -> None:
+        with self.lock:
+            self.live.pop(index, None)
+
+    def stop(self, signum: int, grace: float = STOP_GRACE_SECONDS) -> None:
+        with self.lock:
+            self.stopped_by = signum
+            running = list(self.live.values())
+        for process in running:
+            process.send_signal(signum)  # once: a second one would mean "stop at once" to train
+        deadline = time.monotonic() + grace
+        try:
+            for process in running:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(max(0.0, deadline - time.monotonic()))
+        finally:  # past the grace period, or a second signal: stop at once, as train does
+            for process in running:
+                if process.poll() is None:
+                    process.kill()  # its run is ended KILLED by `settle`
 
 
 def launch(
     spec: Launch,
-    on_epoch: Callable[[int, int, float], None],
+    on_event: Callable[[Event], None],
     gpu: str | None = None,
-    on_process: Callable[[subprocess.Popen | None], None] = lambda p: None,
+    children: Children | None = None,
 ) -> Outcome:
     """Train one configuration in a child process and report how its run ended."""
+    children = children or Children()
     start = time.monotonic()
     env = {**os.environ, **spec.env}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cifar_mlflow", "train", *spec.args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        cwd=spec.cwd if os.path.isdir(spec.cwd) else None, preexec_fn=_stop_with_parent(),
-    )  # fmt: skip
-    on_process(process)
-    output: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
+    read_end, write_end = os.pipe()
+    env[EVENTS_FD] = str(write_end)
     try:
-        for line in process.stdout:
-            output.append(line.rstrip("\n"))
-            if match := EPOCH_LINE.match(line):
-                on_epoch(int(match[1]), int(match[2]), float(match[3]))
+        process = children.start(
+            spec.index, [sys.executable, "-m", "cifar_mlflow", "train", *spec.args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            cwd=spec.cwd if os.path.isdir(spec.cwd) else None, pass_fds=(write_end,),
+        )  # fmt: skip
+    except BaseException:
+        os.close(read_end)
+        raise
     finally:
+        os.close(write_end)  # the child holds the only write end: EOF when it is gone
+    events = open(read_end)  # noqa: SIM115 (closed before the wait below, not at a block's end)
+    if process is None:
+        events.close()
+        return settle(spec, None, [], 0.0, children.stopped_by)
+    output: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
+    collector = threading.Thread(target=_collect, args=(process.stdout, output), daemon=True)
+    collector.start()
+    try:
+        for event in read_events(events):
+            on_event(event)
+    finally:
+        events.close()  # should on_event fail, the child's writes fail too rather than block
         code = process.wait()
-        on_process(None)
-    return settle(spec, code, list(output), time.monotonic() - start)
+        children.done(spec.index)
+        collector.join()
+    return settle(spec, code, list(output), time.monotonic() - start, children.stopped_by)
+
+
+def _collect(lines: Iterable[str], output: deque[str]) -> None:
+    for line in lines:
+        output.append(line.rstrip("\n"))
 
 
 def _stop_with_parent() -> Callable[[], None] | None:
@@ -106,12 +180,18 @@ def _stop_with_parent() -> Callable[[], None] | None:
     return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def settle(spec: Launch, code: int | None, output: list[str], seconds: float) -> Outcome:
-    """How the run ended, as the tracking server has it; a run the process could not end is
-    ended FAILED there, with the reason read from the process's output (tracking.sweeps)."""
-    end = settle_child(spec.env["MLFLOW_TRACKING_URI"], spec.run_id,
-                       failure_from_output(code, output), output)  # fmt: skip
-    return Outcome(end.status, spec.run_id, end.reason, end.best_test_acc, seconds)
+def settle(spec: Launch, code: int | None, output: list[str], seconds: float,
+           stopped_by: int | None = None) -> Outcome:  # fmt: skip
+    """How the run ended, as the tracking server has it. A run the process could not end is
+    ended there (tracking.sweeps): KILLED if the sweep was stopped (`stopped_by`, a signal),
+    else FAILED with the reason read from the process's output."""
+    if stopped_by is None:
+        status, reason = FAILED, failure_from_output(code, output)
+    else:
+        how = f"({failure_from_output(code, output)})" if code is not None else "before it started"
+        status, reason = KILLED, f"stopped by {signal.Signals(stopped_by).name} {how}"
+    end = settle_child(spec.env["MLFLOW_TRACKING_URI"], spec.run_id, reason, output, status)
+    return Outcome(end.status, spec.run_id, end.reason, end.test_acc, seconds)
 
 
 def failure_from_output(code: int | None, output: Sequence[str]) -> str:
@@ -135,50 +215,48 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def local_slots(parallel: int | None, runs_per_gpu: int, gpus: Sequence[str]) -> list[str | None]:
+    """Where each process of the local executor trains at a time: a GPU id (its
+    CUDA_VISIBLE_DEVICES) per slot, or None without GPUs. `runs_per_gpu` K: K slots on each GPU,
+    and on a machine without GPUs K at once on the CPU; `parallel` N instead: N slots, round robin
+    over the GPUs."""
+    count = parallel or runs_per_gpu * max(1, len(gpus))
+    return [gpus[i % len(gpus)] if gpus else None for i in range(count)]
+
+
 def run_local(
-    launches: Sequence[Launch], observer: Observer, parallel: int, gpus: Sequence[str]
+    launches: Sequence[Launch], observer: Observer, slots: Sequence[str | None]
 ) -> dict[int, Outcome]:
-    """`parallel` processes at a time, each slot pinned to one GPU (round robin) where GPUs are
-    used. Ctrl-C stops the running processes (their runs end KILLED) and starts no more."""
-    slots: Queue[str | None] = Queue()
-    for i in range(parallel):
-        slots.put(gpus[i % len(gpus)] if gpus else None)
-    live: dict[int, subprocess.Popen] = {}
-    stopping = threading.Event()
+    """A process per slot at a time (`local_slots`). SIGINT or SIGTERM stops the running
+    processes (`Children.stop`: their runs end KILLED), ends the rest KILLED unstarted, and is
+    raised again once every run is settled."""
+    free: Queue[str | None] = Queue()
+    for slot in slots:
+        free.put(slot)
+    children = Children()
 
-    def one(spec: Launch) -> Outcome | None:
-        gpu = slots.get()
+    def one(spec: Launch) -> Outcome:
+        gpu = free.get()
         try:
-            if stopping.is_set():
-                return None
-            observer.started(spec.index)
-
-            def track(process: subprocess.Popen | None) -> None:
-                if process is None:
-                    live.pop(spec.index, None)
-                else:
-                    live[spec.index] = process
-
-            outcome = launch(
-                spec, lambda e, n, acc: observer.epoch(spec.index, e, n, acc), gpu, track
-            )
+            if children.stopped_by is None:
+                observer.started(spec.index)
+            outcome = launch(spec, lambda event: observer.progress(spec.index, event), gpu,
+                             children)  # fmt: skip
             observer.finished(spec.index, outcome)
             return outcome
         finally:
-            slots.put(gpu)
+            free.put(gpu)
 
-    pool = ThreadPoolExecutor(parallel, thread_name_prefix="sweep")
+    pool = ThreadPoolExecutor(len(slots), thread_name_prefix="sweep")
     futures = {spec.index: pool.submit(one, spec) for spec in launches}
     try:
         outcomes = {i: f.result() for i, f in futures.items()}
-    except KeyboardInterrupt:
-        stopping.set()
-        for process in list(live.values()):
-            process.send_signal(signal.SIGINT)  # train ends its run KILLED after the current step
-        pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt as e:
+        children.stop(getattr(e, "signum", signal.SIGINT))
+        pool.shutdown(wait=True)  # every run settled: the unstarted ones too
         raise
     pool.shutdown()
-    return {i: o for i, o in outcomes.items() if o is not None}
+    return outcomes
 
 
 def run_ray(
@@ -255,9 +333,10 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def trial_gpus(requested: float | None, devices: set[str]) -> float:
-    """GPUs per trial: as requested, else one where the cluster has GPUs and the device may be
-    one. Checked before anything starts: a trial asking for GPUs the cluster lacks waits forever."""
+def trial_gpus(requested: float | None, runs_per_gpu: int, devices: set[str]) -> float:
+    """GPUs per trial: as requested, else 1/`runs_per_gpu` (Ray packs that many trials on a GPU)
+    where the cluster has GPUs and the device may be one. Checked before anything starts: a
+    trial asking for GPUs the cluster lacks waits forever."""
     ray, _ = import_ray()
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     if "cuda" in devices and not cluster_gpus:
@@ -268,7 +347,7 @@ def trial_gpus(requested: float | None, devices: set[str]) -> float:
                 f"--gpus-per-trial {requested:g}: the Ray cluster has {cluster_gpus:g} GPUs"
             )
         return requested
-    return 1.0 if cluster_gpus and devices - {"cpu"} else 0.0
+    return 1.0 / runs_per_gpu if cluster_gpus and devices - {"cpu"} else 0.0
 
 
 def _trial(config: dict, launches: Mapping[int, Launch]) -> None:
@@ -277,8 +356,9 @@ def _trial(config: dict, launches: Mapping[int, Launch]) -> None:
     from ray import tune
 
     spec = launches[config["index"]]
+    # None is no value for a Tune result (val_acc without a validation split): left out.
     outcome = launch(
-        spec, lambda e, n, acc: tune.report({"epoch": e, "epochs": n, "test_acc": acc})
+        spec, lambda event: tune.report({k: v for k, v in as_dict(event).items() if v is not None})
     )
     tune.report({f"outcome_{k}": v for k, v in asdict(outcome).items()})
 
@@ -307,8 +387,8 @@ def _ray_progress(tune, observer: Observer):
                 outcome = Outcome(**{f.name: result[f"outcome_{f.name}"] for f in fields(Outcome)})
                 self.outcomes[index] = outcome
                 self.observer.finished(index, outcome)
-            elif "epoch" in result:
-                self.observer.epoch(index, result["epoch"], result["epochs"], result["test_acc"])
+            elif (event := from_dict(result)) is not None:
+                self.observer.progress(index, event)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.errors[trial.config["index"]] = [

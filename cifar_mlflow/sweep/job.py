@@ -25,12 +25,13 @@ from ..compare.job import run_compare
 from ..core.config import TrainConfig
 from ..core.errors import UserError
 from ..tracking import connection, sweeps
-from ..tracking.history import Selection, SelectionError
-from ..tracking.runs import JOB_TAG, SWEEP_TAG, RunSpec, tracked_run
+from ..tracking.history import Selection, SelectionError, result_test_acc
+from ..tracking.runs import JOB_TAG, SWEEP_TAG, RunSpec, mark_launched_run, tracked_run
 from .executors import (
     Launch,
     Outcome,
     check_ray_address,
+    local_slots,
     ray_session,
     run_local,
     run_ray,
@@ -47,10 +48,11 @@ class Execution:
     """Where and how the configurations train."""
 
     executor: str = "local"
-    parallel: int | None = None  # local: 1; ray: as many as the cluster's resources allow
+    parallel: int | None = None  # local: runs_per_gpu per GPU; ray: as the cluster allows
     ray_address: str | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: one where the cluster has GPUs
+    gpus_per_trial: float | None = None  # None: 1/runs_per_gpu where the cluster has GPUs
+    runs_per_gpu: int = 1  # trainings sharing a GPU (the CPU, where there is none) at once
 
 
 def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str, dry_run: bool,
@@ -58,7 +60,7 @@ def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str
     uri = connection.connect()
     on_ray = execution.executor == "ray"
     if on_ray:
-        _check_ray(execution, uri)
+        check_ray(execution, uri)
     experiment = sweeps.sweep_experiment(base.experiment, create=not dry_run)
     name = experiment.name if experiment else base.experiment
     configs = expand(dataclasses.replace(base, experiment=name), grid.axes, seeds)
@@ -72,6 +74,9 @@ def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str
     )
     click.echo("\n".join(plan_lines(plan)))
     if dry_run:
+        # Under `mlflow run -e sweep` a run exists already: say what it was. Not tagged with the
+        # sweep id, so that the sweep's real run is not mistaken for this one later.
+        mark_launched_run(f"sweep-{sweep_id} (dry run)", {"dry_run": "true"})
         click.echo("dry run: nothing was started")
         return
     if not todo and parent is not None and parent.info.status == "FINISHED":
@@ -80,7 +85,8 @@ def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str
         )
         return
     spec = RunSpec(
-        experiment=name, name=f"sweep-{sweep_id}", tags={SWEEP_TAG: sweep_id, JOB_TAG: sweeps.JOB},
+        experiment=name, name=f"sweep-{sweep_id}",
+        tags={**grid.tags, SWEEP_TAG: sweep_id, JOB_TAG: sweeps.JOB},
         params={"sweep.grid": grid.describe_axes()[:6000], "sweep.grid_source": grid.source,
                 "sweep.seeds": " ".join(map(str, seeds)), "sweep.configurations": len(plan),
                 **{f"base.{k}": v for k, v in base.as_params().items()}},
@@ -88,12 +94,14 @@ def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str
     )  # fmt: skip
     devices = {p.config.device for p in todo}
     with ray_session(execution.ray_address) if on_ray else contextlib.nullcontext():
-        gpus = trial_gpus(execution.gpus_per_trial, devices) if on_ray else 0.0
+        gpus = (
+            trial_gpus(execution.gpus_per_trial, execution.runs_per_gpu, devices) if on_ray else 0.0
+        )
         with tracked_run(spec) as parent_id:
             sweeps.nest_launched_run(parent_id, sweep_id)
             run_ids = sweeps.schedule_children(
                 experiment, parent_id, sweep_id,
-                [(p.key, p.config.run_name, p.previous) for p in todo],
+                [(p.key, p.config.run_name, p.previous) for p in todo], grid.tags,
             )  # fmt: skip
             launches = _launches(todo, run_ids, uri, experiment)
             with Board([p.config.run_name for p in todo], [p.config.epochs for p in todo]) as board:
@@ -102,7 +110,8 @@ def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str
                                     execution.parallel, f"sweep-{sweep_id}")  # fmt: skip
                 else:
                     gpu_ids = visible_gpus() if devices - {"cpu"} else []
-                    found = run_local(launches, board, execution.parallel or 1, gpu_ids)
+                    slots = local_slots(execution.parallel, execution.runs_per_gpu, gpu_ids)
+                    found = run_local(launches, board, slots)
             rows = _rows(plan, {todo[i].key: outcome for i, outcome in found.items()})
             click.echo(summary_table(rows))
             if any(r.status == "FINISHED" for r in rows):
@@ -129,12 +138,14 @@ def _launches(
             args=child_args(p.config),
             env={**env, "MLFLOW_RUN_ID": run_id},
             cwd=os.getcwd(),
-        )  # fmt: skip
+        )
         for i, (p, run_id) in enumerate(zip(todo, run_ids))
     ]
 
 
-def _check_ray(execution: Execution, uri: str) -> None:
+def check_ray(execution: Execution, uri: str) -> None:
+    """Before anything starts: trials on a cluster must reach the tracking server over HTTP, and
+    the cluster must answer."""
     if execution.ray_address and not connection.is_http(uri):
         raise UserError(
             f"trials on a Ray cluster cannot reach {uri}: set MLFLOW_TRACKING_URI to a tracking "
@@ -148,19 +159,21 @@ def _rows(plan: Sequence[Planned], outcomes: Mapping[str, Outcome]) -> list[Row]
     for p in plan:
         if p.action == "skip":
             run = p.previous
-            rows.append(Row(p.config.run_name, "FINISHED", run.data.metrics.get("best_test_acc"),
+            rows.append(Row(p.config.run_name, "FINISHED", result_test_acc(run.data.metrics),
                             None, run.info.run_id, earlier=True))  # fmt: skip
         else:
             o = outcomes.get(p.key, Outcome("not run", reason="the executor lost it"))
             rows.append(
-                Row(p.config.run_name, o.status, o.best_test_acc, o.seconds, o.run_id, o.reason)
+                Row(p.config.run_name, o.status, o.test_acc, o.seconds, o.run_id, o.reason)
             )
     return rows
 
 
 def _compare_into(parent_id: str, experiment: str, sweep_id: str, output_dir: str) -> None:
     try:
-        _, counts = run_compare(Selection(experiment, sweep=sweep_id), output_dir, into_run=parent_id)
+        _, counts = run_compare(
+            Selection(experiment, sweep=sweep_id), output_dir, into_run=parent_id
+        )
     except SelectionError as e:
         click.echo(f"no compare report: {e}", err=True)
         return

@@ -1,7 +1,8 @@
 """What a person watching a sweep sees: a live line per configuration, then a summary table.
 
 On a terminal the lines are redrawn in place; elsewhere (a log file, CI) each change is one new
-line, so the log reads as a history.
+line, so the log reads as a history. What a training reports comes from its structured events
+(train/events.py), not from its text output.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import click
 from tqdm import tqdm
 
+from ..train.events import Event, Started
 from .executors import Outcome
 
 
@@ -23,7 +25,7 @@ class Row:
 
     name: str
     status: str  # FINISHED, FAILED, KILLED, or "not run"
-    best_test_acc: float | None
+    test_acc: float | None
     seconds: float | None  # None: not run by this sweep invocation
     run_id: str
     reason: str = ""
@@ -44,7 +46,7 @@ class Board:
         self.bars: list[tqdm] = []
         self.lock = threading.Lock()
 
-    def __enter__(self) -> Board:
+    def __enter__(self) -> Board:  # noqa: PYI034 (typing.Self needs Python 3.11; 3.10 is supported)
         if self.live:
             self.bars = [
                 tqdm(total=total, desc=label, position=i, file=self.stream, leave=True,
@@ -61,8 +63,18 @@ class Board:
     def started(self, index: int) -> None:
         self._set(index, "running")
 
-    def epoch(self, index: int, epoch: int, epochs: int, test_acc: float) -> None:
-        self._set(index, f"running epoch {epoch}/{epochs}  test acc {test_acc:.4f}", epoch)
+    def progress(self, index: int, event: Event) -> None:
+        """The training's own events (train/events.py): its run, then each epoch."""
+        if isinstance(event, Started):
+            self._set(index, f"running: run {event.run_id}")
+            return
+        held_out = f"val acc {event.val_acc:.4f}  " if event.val_acc is not None else ""
+        self._set(
+            index,
+            f"running epoch {event.epoch}/{event.epochs}  {held_out}test acc "
+            f"{event.test_acc:.4f}  {event.images_per_second:.0f} img/s",
+            event.epoch,
+        )
 
     def finished(self, index: int, outcome: Outcome) -> None:
         self._set(index, describe(outcome))
@@ -82,8 +94,8 @@ def describe(outcome: Outcome) -> str:
     took = f" in {duration(outcome.seconds)}" if outcome.seconds else ""
     if outcome.status == "FINISHED":
         acc = (
-            f": best test acc {outcome.best_test_acc:.4f}"
-            if outcome.best_test_acc is not None
+            f": test acc {outcome.test_acc:.4f} (at its best-validation epoch, else final)"
+            if outcome.test_acc is not None
             else ""
         )
         return f"finished{took}{acc}"
@@ -99,12 +111,12 @@ def duration(seconds: float) -> str:
 
 
 def summary_table(rows: Sequence[Row]) -> str:
-    header = ("configuration", "status", "best test acc", "time", "run")
+    header = ("configuration", "status", "test acc*", "time", "run")
     cells = [header] + [
         (
             r.name,
             f"{r.status} (earlier)" if r.earlier else r.status,
-            f"{r.best_test_acc:.4f}" if r.best_test_acc is not None else "-",
+            f"{r.test_acc:.4f}" if r.test_acc is not None else "-",
             duration(r.seconds) if r.seconds else "-",
             r.run_id,
         )
@@ -114,4 +126,5 @@ def summary_table(rows: Sequence[Row]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     failures = [f"  {r.name}: {r.reason}" for r in rows if r.status not in ("FINISHED", "not run")]
-    return "\n".join(lines + (["failures:", *failures] if failures else []))
+    note = "* test accuracy at the run's best-validation epoch (its last epoch without validation)"
+    return "\n".join(lines + [note] + (["failures:", *failures] if failures else []))

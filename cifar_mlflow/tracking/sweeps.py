@@ -10,7 +10,7 @@ attaches (MLFLOW_RUN_ID).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import mlflow
@@ -20,7 +20,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from .history import result_test_acc
 from .runs import (
+    FAILED,
     FAILURE_TAG,
     FINISHED,
     JOB_TAG,
@@ -43,7 +45,7 @@ class ChildEnd:
 
     status: str  # FINISHED, FAILED or KILLED
     reason: str = ""
-    best_test_acc: float | None = None
+    test_acc: float | None = None
 
 
 def sweep_experiment(name: str, create: bool) -> Experiment | None:
@@ -84,9 +86,11 @@ def nest_launched_run(parent_id: str, sweep_id: str) -> None:
 
 
 def schedule_children(experiment: Experiment, parent_id: str, sweep_id: str,
-                      todo: Sequence[tuple[str, str, Run | None]]) -> list[str]:  # fmt: skip
+                      todo: Sequence[tuple[str, str, Run | None]],
+                      tags: Mapping[str, str] | None = None) -> list[str]:  # fmt: skip
     """A SCHEDULED child run for each (configuration key, run name, earlier run or None) to
-    train: the earlier run where there is one (its old failure reason dropped), else a new one."""
+    train: the earlier run where there is one (its old failure reason dropped), else a new one
+    with `tags` besides its own (`tuned_from`, say)."""
     client = MlflowClient()
     run_ids = []
     for key, name, previous in todo:
@@ -95,25 +99,28 @@ def schedule_children(experiment: Experiment, parent_id: str, sweep_id: str,
             if FAILURE_TAG in previous.data.tags:
                 client.delete_tag(run_id, FAILURE_TAG)
         else:
-            tags = {MLFLOW_PARENT_RUN_ID: parent_id, SWEEP_TAG: sweep_id, CONFIG_TAG: key}
-            run_id = client.create_run(experiment.experiment_id, tags=tags, run_name=name).info.run_id
+            own = {MLFLOW_PARENT_RUN_ID: parent_id, SWEEP_TAG: sweep_id, CONFIG_TAG: key}
+            run_id = client.create_run(
+                experiment.experiment_id, tags={**(tags or {}), **own}, run_name=name
+            ).info.run_id
         client.update_run(run_id, status="SCHEDULED")
         run_ids.append(run_id)
     return run_ids
 
 
 def settle_child(tracking_uri: str, run_id: str, reason_if_unfinished: str,
-                 output: Sequence[str]) -> ChildEnd:  # fmt: skip
+                 output: Sequence[str], status_if_unfinished: str = FAILED) -> ChildEnd:  # fmt: skip
     """How a child's run ended, once its process is gone. A run the process could not end
-    (killed hard, dead before MLflow started) is ended FAILED here; a run that did not finish
-    keeps the process's last lines of output as an artifact."""
+    (killed hard, dead before MLflow started) is ended here, FAILED unless the sweep says
+    otherwise (KILLED: it stopped the child); a run that did not finish keeps the process's last
+    lines of output as an artifact."""
     client = MlflowClient(tracking_uri)  # explicit: a Ray worker settles its own trial
     try:
         run = client.get_run(run_id)
         if run.info.status == FINISHED:
-            return ChildEnd(FINISHED, "", run.data.metrics.get("best_test_acc"))
+            return ChildEnd(FINISHED, "", result_test_acc(run.data.metrics))
         reason = run.data.tags.get(FAILURE_TAG) or reason_if_unfinished
-        status = end_abandoned(client, run_id, reason)
+        status = end_abandoned(client, run_id, reason, status_if_unfinished)
         if output:
             client.log_text(run_id, "\n".join(output) + "\n", OUTPUT_ARTIFACT)
         return ChildEnd(status, reason)

@@ -1,5 +1,6 @@
 """What a person watching a training run sees: a tqdm bar per epoch on a terminal, and one
-summary line per epoch everywhere (a log file gets only those lines)."""
+summary line per epoch everywhere (a log file gets only those lines); and, for a process that
+started this one (a sweep), the same progress as structured events (train/events.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import click
 from tqdm import tqdm
 
 from ..core.engine import EpochMetrics
+from .events import Epoch, EventWriter, Started
 
 
 class EpochReporter:
-    def __init__(self, epochs: int, stream=None):
+    def __init__(self, epochs: int, stream=None, events: EventWriter | None = None):
         self.epochs = epochs
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
+        self.events = events or EventWriter.from_environment()
 
     def on_start(self, run_id: str, facts: dict) -> None:
+        self.events.send(Started(run_id, self.epochs))
         click.echo(
             f"run {run_id}: {facts['model_params']:,} parameters on {facts['device_used']} "
             f"({facts['precision_used']}), {facts['train_images']} train / "
@@ -45,3 +49,6 @@ class EpochReporter:
             line += f"val loss {m.val_loss:.4f} acc {m.val_acc:.4f}  "
         line += f"lr {m.lr:.4g}  {m.epoch_seconds:.1f}s  {m.images_per_second:.0f} img/s"
         click.echo(line, err=True)
+        self.events.send(
+            Epoch(m.epoch, self.epochs, m.train_loss, m.test_acc, m.images_per_second, m.val_acc)
+        )

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Every GPU figure of issue 15 in one device call of at most 8 minutes (docs/benchmarks.md,
+# "GPU: how to run"). Each section runs within its own time box (timeout), so one that overruns
+# costs only its box; each writes its JSON under $WORK/new, and after every section everything so
+# far is bundled into $OUT (a device call brings back at most 8 files, even when it is cut off):
+# gpu-results.json, benchmarks.md (the page rendered with the new figures), log.txt, nvidia-smi.csv.
+#
+#   device:  run(command="bash bench/gpu.sh", carry=["data/cifar10-jpeg.npz"], timeout_s=540)
+#   here:    python bench/gpu_collect.py import <files_at>/gpu-results.json
+#   CPU:     BENCH_TINY=1 OUT=$(mktemp -d) bash bench/gpu.sh     (tiny settings, no compile)
+#
+# Only torch, torchvision, numpy and Pillow are needed (the GPU machine has no MLflow); the data
+# is the carried pack (bench/gpu_data.py), else synthetic images (throughput only).
+set -u
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder for the results}"
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+WORK=$(mktemp -d /tmp/gpu-bench-XXXX)
+mkdir -p "$WORK/new" "$OUT"
+export CIFAR_MLFLOW_CACHE="$WORK/cache"  # the decoded images, made once by the data section
+LOG="$OUT/log.txt"
+PACK=data/cifar10-jpeg.npz
+
+section() {  # NAME BOX_SECONDS COMMAND...: run it within its box, note when and how it ended
+  local name=$1 box=$2
+  shift 2
+  local start
+  start=$(date +%s.%N)
+  echo "=== $name (box ${box} s) $(date -u +%T)" | tee -a "$LOG"
+  timeout -s INT -k 10 "$((box * BOX_SCALE))" "$@" >>"$LOG" 2>&1
+  local code=$?
+  printf '{"section": "%s", "box_seconds": %s, "start": %s, "end": %s, "exit": %s}\n' \
+    "$name" "$box" "$start" "$(date +%s.%N)" "$code" >>"$WORK/sections.jsonl"
+  "$PYTHON" bench/gpu_collect.py bundle "$WORK" "$OUT" >>"$LOG" 2>&1
+}
+
+skip() {  # NAME REASON
+  printf '{"section": "%s", "box_seconds": 0, "start": 0, "end": 0, "exit": null, "skipped": "%s"}\n' \
+    "$1" "$2" >>"$WORK/sections.jsonl"
+}
+
+if [ "${BENCH_TINY:-0}" = 1 ]; then  # seconds per section on a CPU: the script's own test
+  DEVICE=cpu
+  BOX_SCALE=8  # measured: 4 minutes in all on 2 cores at load 10-17
+  SMALL=(--batch-size 10 --train-limit 20 --test-limit 10)
+  THROUGHPUT=(--steps 1 --rounds 1 --warmup 0 --workers 0)
+  RECIPE=(--epochs 2 --ghost-epochs 2)
+  ACCURACY=(--epochs 1 --workers 0)
+  RUNS=(--ks 1,2 --seconds 1 --warmup-steps 1 --block-steps 1)
+  PROFILE=(--steps 2 --warmup 1)
+  SYNTHETIC=(--train 100 --test 50)
+else
+  # Boxes from issue 15's figures (ResNet-18's 40 epochs: 6.7 PFLOP, ~25 s at 30-40 % of an
+  # H200's bf16 peak; compiling a model: about a minute) and summing to 475 s of the call's 480.
+  DEVICE=cuda
+  BOX_SCALE=1
+  SMALL=()
+  THROUGHPUT=(--workers 4)
+  RECIPE=(--time-limit 50)  # per model, after at least 2 epochs; the rest extrapolated
+  ACCURACY=(--epochs 5 --workers 4 --train-limit 50000 --test-limit 10000)
+  RUNS=(--ks 1,2,4,8 --seconds 4)
+  PROFILE=()
+  SYNTHETIC=()
+fi
+RESULTS=(--results "$WORK/new")
+BENCH=(--device "$DEVICE" "${RESULTS[@]}" --doc "$WORK/scratch.md")
+
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
+    -lms 500 >"$OUT/nvidia-smi.csv" 2>/dev/null &
+  SAMPLER=$!
+  nvidia-smi >>"$LOG" 2>&1
+fi
+
+if [ -f "$PACK" ] && [ "${BENCH_TINY:-0}" != 1 ]; then
+  DATA="$WORK/cifar10-jpeg"
+  section data 30 bash -c "'$PYTHON' bench/gpu_data.py unpack '$PACK' '$DATA' && '$PYTHON' -c \
+    'import sys; from cifar_mlflow.core.data import load_cifar10; load_cifar10(sys.argv[1], 0, 0)' '$DATA'"
+  REAL=1
+else
+  DATA="$WORK/cifar10-synthetic"
+  section data 30 "$PYTHON" bench/gpu_data.py synthetic "$DATA" "${SYNTHETIC[@]}"
+  REAL=0
+fi
+
+TRAIN=(bench/bench_train.py "${BENCH[@]}" --data-dir "$DATA" "${SMALL[@]}")
+section recipe-eager 70 "$PYTHON" "${TRAIN[@]}" --recipe "${RECIPE[@]}"
+if [ "$DEVICE" = cuda ]; then  # cold compile first: its time counts in the recipe's figure
+  section recipe-compiled 145 "$PYTHON" "${TRAIN[@]}" --recipe --compile "${RECIPE[@]}"
+else
+  skip recipe-compiled "compiling on a CPU takes minutes (docs/benchmarks.md)"
+fi
+section throughput-eager 45 "$PYTHON" "${TRAIN[@]}" "${THROUGHPUT[@]}"
+if [ "$DEVICE" = cuda ]; then
+  section throughput-compiled 55 "$PYTHON" "${TRAIN[@]}" --compile "${THROUGHPUT[@]}"
+else
+  skip throughput-compiled "compiling on a CPU takes minutes (docs/benchmarks.md)"
+fi
+if [ "$REAL" = 1 ] || [ "${BENCH_TINY:-0}" = 1 ]; then
+  section accuracy 60 "$PYTHON" "${TRAIN[@]}" --accuracy --models resnet18 "${ACCURACY[@]}"
+else
+  skip accuracy "no CIFAR-10 pack carried ($PACK): synthetic images have no accuracy to check"
+fi
+section runs-per-gpu 50 "$PYTHON" bench/runs_per_gpu.py --device "$DEVICE" "${RESULTS[@]}" \
+  --data-dir "$DATA" "${SMALL[@]}" "${RUNS[@]}"
+section profile 20 "$PYTHON" bench/profile_kernels.py --device "$DEVICE" "${RESULTS[@]}" \
+  --data-dir "$DATA" "${SMALL[@]}" "${PROFILE[@]}"
+
+[ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null
+"$PYTHON" bench/gpu_collect.py bundle "$WORK" "$OUT" >>"$LOG" 2>&1
+# What the call's reply shows (its last 12,000 characters): the sections, then the new tables.
+cat "$WORK/sections.jsonl"
+sed -n '/generated by bench\/bench_train.py: begin/,/generated by bench\/bench_train.py: end/p' \
+  "$OUT/benchmarks.md" | grep -v '^$' | tail -c 10000
