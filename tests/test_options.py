@@ -77,10 +77,18 @@ def test_option_that_makes_no_sense_is_refused_before_anything_starts(bad, fragm
         ["sweep", "--dry-run", "--train-limit", "5"],
         ["export", "--test-limit", "5"],
         ["export", "--experiment", ""],
+        ["compare", "--experiment", ""],  # found by the property pass: a traceback before
+        ["tune", "--experiment", ""],
     ],
 )
 def test_the_same_rules_hold_for_the_other_commands(command):
     assert_one_line_error(invoke(*command), exit_code=2)
+
+
+def test_an_input_with_a_line_break_is_echoed_on_one_line(tracking):
+    """Found by the property pass: `export --experiment '0\r'` printed its error on two lines."""
+    line = assert_one_line_error(invoke("export", "--experiment", "0\r"), exit_code=1)
+    assert "'0\\r'" in line
 
 
 def test_help_shows_each_rule():
@@ -134,8 +142,10 @@ NUMERIC = ["--lr", "--momentum", "--weight-decay", "--epochs", "--batch-size", "
 # Examples per command, so that the pass takes ~15 s on 2 cores at load 10: a refused input costs
 # milliseconds, one that makes sense 0.1-0.3 s (measured: the server calls of connect, the data
 # check; compare's run search).
+# Derandomized: CI runs the very examples this machine passed (a random draw found two faults
+# here across runs; each is now a fixed case of its own test or of the drawn set).
 PROPERTY = settings(
-    deadline=None, database=None,
+    deadline=None, database=None, derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )  # fmt: skip
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 
 from ..core.config import DEFAULT_EXPERIMENT
+from ..options import EXPERIMENT_NAME
 
 DEFAULT_OUTPUT_DIR = "outputs/compare"
 
 
 @click.command()
-@click.option("--experiment", default=DEFAULT_EXPERIMENT, show_default=True,
+@click.option("--experiment", type=EXPERIMENT_NAME, default=DEFAULT_EXPERIMENT, show_default=True,
               help="the experiment whose training runs are compared")  # fmt: skip
 @click.option("--filter", "filter_string", default="", metavar="FILTER",
               help="an MLflow search filter, e.g. \"params.epochs = '40'\"")  # fmt: skip

@@ -11,7 +11,7 @@ import time
 import click
 
 from ..core.config import DEFAULT_EXPERIMENT, OPTIMIZERS
-from ..options import FLOAT32_MAX, POSITIVE_INT, RESOURCE_SHARE
+from ..options import EXPERIMENT_NAME, FLOAT32_MAX, POSITIVE_INT, RESOURCE_SHARE
 from ..sweep.command import SWEEP_ID, TRAIN_OPTIONS, requested_grid
 from ..sweep.command import sweep as sweep_command
 from ..sweep.grid import Grid
@@ -80,7 +80,7 @@ RANGES_HELP = ", ".join(f"{o} {lo:g}..{hi:g}" for o, (lo, hi) in DEFAULT_LR_RANG
                  help=f"each trial's budget (the short one)  [default: {DEFAULT_TRIAL_EPOCHS}, or the "
                       "grid file's]"),
     click.Option(["--lr"], hidden=True, expose_value=False, callback=_refuse_searched),
-    click.Option(["--experiment"], default=TUNE_EXPERIMENT, show_default=True,
+    click.Option(["--experiment"], type=EXPERIMENT_NAME, default=TUNE_EXPERIMENT, show_default=True,
                  help="MLflow experiment of the tune's runs (ignored under `mlflow run`, which "
                       "chooses it)"),
 ])  # fmt: skip
