@@ -71,6 +71,13 @@ class Cifar10:
     source: str  # "image-folder:<path>" or "torchvision:<path>"
 
 
+def source_folder(source: str) -> str:
+    """The folder a data source names ("image-folder:<path>" or "torchvision:<path>", as
+    Cifar10.source and a run's `data_source` param hold it); "" for anything else."""
+    kind, _, folder = source.partition(":")
+    return folder if kind in ("image-folder", "torchvision") else ""
+
+
 def as_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 (N, 3, H, W) -> float32 RGB in [0, 1]: what a logged or exported model takes."""
     return images.astype(np.float32) / 255.0

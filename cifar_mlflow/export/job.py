@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..core.data import MEAN, STD, Cifar10, as_model_input, load_cifar10
+from ..core.data import MEAN, STD, Cifar10, as_model_input, load_cifar10, source_folder
 from ..core.models import Normalized, build_model
 from ..tracking import connection, records, registry
 from ..tracking.datasets import logged_digest, split_digest
@@ -98,8 +98,7 @@ def data_dir_of(config: ExportConfig, candidate: Candidate) -> str:
     """--data-dir, else the folder the champion's run read its images from."""
     if config.data_dir is not None:
         return config.data_dir
-    source = candidate.run.data.params.get("data_source", "")
-    folder = source.split(":", 1)[1] if ":" in source else ""
+    folder = source_folder(candidate.run.data.params.get("data_source", ""))
     if not folder:
         raise ChampionError(f"run {candidate.run_id} logged no data_source: pass --data-dir")
     if not Path(folder).exists():

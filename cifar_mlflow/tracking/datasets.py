@@ -14,7 +14,7 @@ from mlflow.data.dataset import Dataset
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from ..core.data import Cifar10, Split
+from ..core.data import Cifar10, Split, source_folder
 
 # The run's inputs carry a context tag; MLflow's UI shows it beside the dataset's name.
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
@@ -41,7 +41,7 @@ class RunDatasets:
 
 
 def run_datasets(data: Cifar10) -> RunDatasets:
-    folder = data.source.split(":", 1)[1]
+    folder = source_folder(data.source)
     with warnings.catch_warnings():
         # MLflow 3.17 registers its local-artifact source twice, so a local path "can be
         # interpreted in multiple ways": both ways are the same class of source.

@@ -74,7 +74,6 @@ def run_training(
         data = load_cifar10(
             config.data_dir, config.train_limit, config.test_limit, config.val_size, config.seed
         )
-        datasets = run_datasets(data)
         recorder = EpochRecorder(Path(tmp), on_epoch, saved=state["epoch"] if state else 0)
 
         def steps(batches, epoch: int) -> Iterable:
@@ -90,7 +89,7 @@ def run_training(
                     log_missing_epochs(opened, done)
                 else:
                     training.log_facts(facts)
-                    log_inputs(datasets)
+                    log_inputs(run_datasets(data))  # a resumed run has them
                 on_start(opened, facts)
                 with Outbox(opened) as outbox:
                     recorder.start(trainer, done, best, outbox)
