@@ -22,15 +22,17 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.cli import cli
-from cifar_mlflow.core.engine import EpochMetrics, StopTraining
-from cifar_mlflow.tracking.runs import FAILURE_TAG
-from cifar_mlflow.tracking.tuning import CONFIG_JOB, PARENT_TAG, TRIAL_TAG, TUNED_FROM_TAG
-from cifar_mlflow.tune.command import tune as tune_command
-from cifar_mlflow.tune.search import EpochWatch, Search, Space, open_storage
+pytest.importorskip("optuna", reason="tune needs Optuna: pip install -e '.[tune]'")
 
-from .conftest import PROJECT_ROOT, free_port
-from .test_architecture import loaded_by
+from cifar_mlflow.cli import cli  # noqa: E402 (after the skip: search.py imports optuna)
+from cifar_mlflow.core.engine import EpochMetrics, StopTraining  # noqa: E402
+from cifar_mlflow.tracking.runs import FAILURE_TAG, TUNED_FROM_TAG  # noqa: E402
+from cifar_mlflow.tracking.tuning import CONFIG_JOB, PARENT_TAG, TRIAL_TAG  # noqa: E402
+from cifar_mlflow.tune.command import tune as tune_command  # noqa: E402
+from cifar_mlflow.tune.search import EpochWatch, Search, Space, open_storage  # noqa: E402
+
+from .conftest import PROJECT_ROOT, free_port  # noqa: E402
+from .test_architecture import loaded_by  # noqa: E402
 
 # 30 training and 10 validation images, 10 test images, one epoch: a trial is one or two
 # training steps (a few seconds; trials log no models).

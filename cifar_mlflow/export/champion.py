@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
-from ..tracking.history import where_training_runs_are
 from ..tracking.registry import candidate_runs, checkpoints_of
+from ..tracking.training_runs import where_training_runs_are
 
 if TYPE_CHECKING:
     from mlflow.entities import LoggedModel, Run
