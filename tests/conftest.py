@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,23 +50,32 @@ def mlflow_server(tmp_path_factory):
         server.stop()
 
 
+@contextlib.contextmanager
+def tracking_on(uri: str) -> Iterator[pytest.MonkeyPatch]:
+    """MLflow in this process pointed at `uri`, with no run or experiment inherited from the
+    environment or an earlier test. What the block sets is undone after it (mlflow.set_experiment()
+    exports MLFLOW_EXPERIMENT_ID), so nothing leaks into later tests or into the `mlflow run`
+    subprocesses some tests start."""
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            env.setenv(name, "")  # recorded, so that leaving the block unsets it again
+            env.delenv(name)
+        mlflow.set_tracking_uri(uri)
+        yield env
+
+
 @pytest.fixture
-def tracking(mlflow_server, monkeypatch):
+def tracking(mlflow_server):
     """Point this test at the real server, with an experiment of its own."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID: keep it from leaking between tests
-    # (and into the `mlflow run` subprocesses some tests start).
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    experiment = f"test-{uuid.uuid4().hex[:8]}"
-    yield experiment
-    while mlflow.active_run():
-        mlflow.end_run()
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    with tracking_on(mlflow_server.uri):
+        yield f"test-{uuid.uuid4().hex[:8]}"
+        while mlflow.active_run():
+            mlflow.end_run()
 
 
 def tiny_train_args(data_dir: Path, experiment: str, *extra: str) -> list[str]:

@@ -31,7 +31,7 @@ from cifar_mlflow.tracking.tuning import CONFIG_JOB, PARENT_TAG, TRIAL_TAG  # no
 from cifar_mlflow.tune.command import tune as tune_command  # noqa: E402
 from cifar_mlflow.tune.search import EpochWatch, Search, Space, open_storage  # noqa: E402
 
-from .conftest import PROJECT_ROOT, free_port  # noqa: E402
+from .conftest import PROJECT_ROOT, free_port, tracking_on  # noqa: E402
 from .test_architecture import loaded_by  # noqa: E402
 
 # 30 training and 10 validation images, 10 test images, one epoch: a trial is one or two
@@ -199,11 +199,7 @@ def wait_for_open_trial(experiment: str, optimizer: str, trial: str, timeout: fl
 
 @pytest.fixture(scope="module")
 def scenario(mlflow_server, image_folder, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            env.delenv(name, raising=False)
-        mlflow.set_tracking_uri(mlflow_server.uri)
+    with tracking_on(mlflow_server.uri):
         experiment = f"test-tune-{uuid.uuid4().hex[:8]}"
         storage = tmp_path_factory.mktemp("tune") / "study.db"
         args = ["tune", "--experiment", experiment, "--data-dir", str(image_folder), *TINY,

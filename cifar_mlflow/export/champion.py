@@ -30,6 +30,8 @@ class ChampionError(UserError):
 
 @dataclass(frozen=True)
 class Candidate:
+    """The checkpoint that would become the champion, with what it was chosen on."""
+
     run: Run
     checkpoint: LoggedModel
     chosen_on: str  # ON_VALIDATION (best checkpoints by val_acc) or ON_TEST (final by test_acc)
