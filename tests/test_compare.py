@@ -22,9 +22,17 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cifar_mlflow.cli import cli
-from cifar_mlflow.compare.charts import factor_colours, nice_limits
+from cifar_mlflow.compare.charts import (
+    ComparisonFigures,
+    ForestFigures,
+    RunPages,
+    factor_colours,
+    forest_text,
+    nice_limits,
+)  # fmt: skip
 from cifar_mlflow.compare.job import HISTORY_KEYS
 from cifar_mlflow.compare.report import write_report
+from cifar_mlflow.compare.stats import comparison_stats
 from cifar_mlflow.compare.study import (
     Curve,
     RunRecord,
@@ -170,6 +178,59 @@ def test_factor_values_keep_their_colour_whatever_the_selection():
     }
 
 
+def test_figures_show_bands_bars_the_floor_n_1_and_every_run(tmp_path):
+    """The figures as drawn: a line per value and a band where a value has several runs, the
+    model comparison's bars, the forest plot's floor band and hollow n = 1 dot, and pages of
+    four configurations with a line per split holding every run, its headline dot, and a note
+    for a loss off the scale."""
+    relu = [dataclasses.replace(record(f"relu-{s}", seed=s, val_acc=(0.3, 0.4, 0.4)),
+                                test_images=1000) for s in (0, 1)]  # fmt: skip
+    gelu = record("gelu", activation="gelu", test_acc=(0.4, 0.6, 0.5))
+    ghost = [record(f"ghost-{s}", seed=s, model="ghost_resnet18") for s in (0, 1)]
+    diverged = record("sigmoid", seed=3, activation="sigmoid")
+    diverged.history["train_loss"] = Curve(np.arange(1, 4), np.array([2.0, 9e5, np.inf]))
+    adam = record("adam", optimizer="adam")
+    configurations = group_configurations([*relu, gelu, *ghost, diverged, adam])
+    colours = factor_colours(configurations)
+    [activations] = find_comparisons(configurations, "activation")
+    curves = ComparisonFigures("activation", colours["activation"])
+    curves.save(activations, "title", tmp_path / "curves.png")
+    accuracy = curves.curve_axes[0]
+    assert len(accuracy.lines) == 3 and len(accuracy.collections) == 1  # relu alone has 2 runs
+    assert [t.get_text() for t in curves.figure.legends[0].get_texts()] == [
+        "relu (n=2)", "gelu (n=1)", "sigmoid (n=1)"]  # fmt: skip
+    [models] = find_comparisons(configurations, "model")
+    bars = ComparisonFigures("model", colours["model"])
+    bars.save(models, "title", tmp_path / "models.png")
+    assert [len(ax.patches) for ax in bars.bar_axes] == [2, 2, 2]
+    assert [t.get_text() for t in bars.bar_axes[0].texts] == ["11.17M", "11.17M"]
+
+    stats = comparison_stats(activations)
+    forest = ForestFigures(2)
+    forest.save(stats, "title", colours["activation"], tmp_path / "forest.png")
+    [floor] = forest.ax.patches
+    assert floor.get_x() == pytest.approx(-stats.floor * 100) and stats.floor > 0
+    dots = [line for line in forest.ax.lines if line.get_marker() == "o"]
+    assert [d.get_markerfacecolor() for d in dots] == ["white", "white"]  # n = 1 each
+    assert [t.get_text() for t in forest.ax.texts] == [forest_text(d) for d in stats.differences]
+
+    pages = RunPages()
+    columns = [(str(number), c) for number, c in enumerate(configurations, 1)]
+    pages.save(columns[:4], tmp_path / "runs-1.png")
+    shown = [ax for ax in pages.grid.flat if ax.get_visible()]
+    assert len(shown) == 8 and all(len(ax.lines) >= 3 for ax in shown)  # train, val, test
+    relu_accuracy = pages.grid[0, 0]  # both runs judged at epoch 2, their best validation
+    assert list(relu_accuracy.lines[-1].get_xdata()) == [2, 2]
+    notes = [t.get_text() for ax in pages.grid[1] for t in ax.texts]
+    assert notes == ["seed 3: loss off the\nscale, up to inf"]
+    pages.save(columns[4:], tmp_path / "runs-2.png")  # ghost_resnet18's page: the last
+    assert sum(ax.get_visible() for ax in pages.grid.flat) == 2
+    assert [t for ax in pages.grid.flat for t in ax.texts] == []  # the first page's are gone
+    for png in tmp_path.glob("*.png"):
+        with Image.open(png) as image:
+            assert image.width >= 1000 and image.height > 200, png
+
+
 # --- real runs on the real server ---------------------------------------------------------------
 
 
@@ -237,13 +298,11 @@ def test_compare_logs_charts_table_and_report_matching_the_runs(study, tracking,
     assert sorted(p.split("__")[0] for p in written if p.startswith("comparisons/")) == [
         f"comparisons/{factor}" for factor in ("activation", "model", "optimizer") for _ in "ab"
     ]  # each: its curves and its forest plot of differences
-    finished = [i for k, v in ids.items() if k != "failed" for i in v]
-    assert sorted(p.split("__")[1][:12] for p in written if p.startswith("runs/")) == sorted(
-        i[:12] for i in finished
-    )
+    # Every finished run on the runs pages: its 4 configurations, side by side on one page.
+    assert [p for p in written if p.startswith("runs/")] == ["runs/configurations-1-4.png"]
     for png in out.rglob("*.png"):
         with Image.open(png) as image:
-            assert image.width >= 1000 and len(image.getcolors(256) or ()) > 8, png
+            assert image.width >= 1000 and len(image.getcolors(image.width * image.height)) > 8
 
     report = (out / "report.md").read_text()
     for png in written:
@@ -361,15 +420,17 @@ def test_filter_and_sweep_narrow_the_selection(tracking, tmp_path):
 
 
 def test_a_second_report_replaces_the_first_without_stale_figures(tracking, tmp_path):
-    first = log_synthetic_run(tracking)
+    first = [log_synthetic_run(tracking), log_synthetic_run(tracking, model="ghost_resnet18")]
     out = tmp_path / "report"
     assert compare("--experiment", tracking, "--output-dir", str(out)).exit_code == 0
+    assert len(list((out / "comparisons").iterdir())) == 2  # the model comparison's figures
     (out / "notes.txt").write_text("mine")
     second = log_synthetic_run(tracking, activation="gelu")
     assert compare("--experiment", tracking, "--filter", f"attributes.run_id = '{second}'",
                    "--output-dir", str(out)).exit_code == 0  # fmt: skip
-    assert [p.name.split("__")[1][:12] for p in (out / "runs").iterdir()] == [second[:12]]
-    assert first not in (out / "table.csv").read_text()
+    figures = [p.relative_to(out).as_posix() for p in out.rglob("*.png")]
+    assert figures == ["runs/configurations-1-1.png"]
+    assert not any(run_id in (out / "table.csv").read_text() for run_id in first)
     assert (out / "notes.txt").read_text() == "mine"
 
 

@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .charts import BAND_NOTE, ComparisonFigures, ForestFigures, RunFigures, factor_colours
+from .charts import (
+    BAND_NOTE,
+    CONFIGURATIONS_PER_PAGE,
+    ComparisonFigures,
+    ForestFigures,
+    RunPages,
+    factor_colours,
+)  # fmt: skip
 from .claims import Verdict, check_claims
 from .document import Block, Heading, Image, Link, Table, paragraph, table, to_html, to_markdown
 from .stats import ComparisonStats, comparison_stats
@@ -142,61 +149,78 @@ def write_report(
     artifact_href: Callable[[str], str | None] = lambda path: None,
 ) -> Report:  # fmt: skip
     """Everything compare writes, into `folder`: comparisons/*.png, runs/*.png, table.md,
-    table.csv, report.md and report.html, each handed to `written` once whole (compare uploads
-    them while the rest is drawn). Runs link to `file_href` in the files and to `ui_href` in
-    the summary (the MLflow UI's own links work there); `artifact_href` is where a logged file
-    opens from the MLflow UI (whose Markdown views resolve a relative link against the UI's
-    root, not the file's folder)."""
+    table.csv, differences.csv, report.md and report.html, each handed to `written` once whole
+    (compare uploads them while the rest is drawn). Runs link to `file_href` in the files and to
+    `ui_href` in the summary (the MLflow UI's own links work there); `artifact_href` is where a
+    logged file opens from the MLflow UI (whose Markdown views resolve a relative link against
+    the UI's root, not the file's folder)."""
     configurations = group_configurations(runs)
     # Titles name the factors held fixed, lr and epochs, and whatever else differs in the study.
     context_keys = [*TABLE_CONFIG_KEYS, *varying_keys(configurations)]
     config_table = write_table(table_rows(configurations), folder)
     written(folder / "table.csv")
     written(folder / "table.md")
-    (folder / "comparisons").mkdir()
-    (folder / "runs").mkdir()
-    colours = factor_colours(configurations)
-    # Two processes drawing at once were no faster on this shared 2-core machine (measured:
-    # 6.3-7.9 s against 6.3-7.0 s for the 100-run factorial report at load 6-7), so one draws.
-    sections = {
-        factor: _draw_comparisons(
-            factor, configurations, colours[factor], context_keys, folder, written
-        )
-        for factor in FACTORS
-    }
+    sections = _draw_comparisons(configurations, context_keys, folder, written)
     write_differences(sections, folder)
     written(folder / "differences.csv")
-    verdicts = check_claims(configurations)
-    intro = _intro(runs, configurations, selection)
-    run_figures = _draw_runs(configurations, context_keys, folder, written)
-    # report.md and report.html differ in two blocks: the pointer to report.html, and links to
-    # the CSV files from the UI (neither resolves from report.html's blob: page).
-    pointer = paragraph(
-        "In the MLflow UI, open report.html: this file's images show on disk and "
-        "on GitHub, not in the UI's Markdown viewer."
-    )
-    files = _files_paragraph(artifact_href)
-    blocks = [
-        Heading(1, "CIFAR-10 ablation: comparison"), *intro, pointer,
-        Heading(2, "Configurations"), config_table, files,
-        *(b for factor in FACTORS for b in _factor_blocks(factor, sections[factor])),
-        Heading(2, "The study's claims"), *_claims_blocks(verdicts, context_keys),
-        Heading(2, "Compared runs"), _runs_table(configurations, file_href),
-        Heading(2, "Runs"), *run_figures,
-    ]  # fmt: skip
-    (folder / "report.md").write_text(to_markdown(blocks))
-    written(folder / "report.md")
-    in_html = {id(pointer): None, id(files): _files_paragraph(lambda path: None)}
-    html_blocks = [in_html.get(id(b), b) for b in blocks if in_html.get(id(b), b) is not None]
-    (folder / "report.html").write_text(
-        to_html(html_blocks, folder, "CIFAR-10 ablation: comparison")
-    )
-    written(folder / "report.html")
-    charted = sum(len(s) for s in sections.values())
-    counts = {"runs": len(runs), "configurations": len(configurations), "comparisons": charted}
-    summary = _summary(intro, config_table, sections, verdicts, configurations, ui_href,
-                       _files_paragraph(artifact_href))  # fmt: skip
+    contents = Contents(
+        intro=_intro(runs, configurations, selection), config_table=config_table,
+        sections=sections, verdicts=check_claims(configurations),
+        runs_table=_runs_table(configurations, file_href),
+        run_pages=_draw_runs(configurations, context_keys, folder, written),
+    )  # fmt: skip
+    _write_documents(contents, context_keys, folder, artifact_href, written)
+    counts = {"runs": len(runs), "configurations": len(configurations),
+              "comparisons": sum(len(s) for s in sections.values())}  # fmt: skip
+    summary = _summary(contents.intro, config_table, sections, contents.verdicts, configurations,
+                       ui_href, _files_paragraph(artifact_href))  # fmt: skip
     return Report(counts, summary)
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What the report shows, made once for report.md and report.html."""
+
+    intro: list[Block]
+    config_table: Table
+    sections: dict[str, list[Section]]  # by factor
+    verdicts: list[Verdict]
+    runs_table: Table
+    run_pages: list[Block]
+
+
+TITLE = "CIFAR-10 ablation: comparison"
+# Only in report.md: report.html is where the images show in the UI.
+POINTER = paragraph(
+    "In the MLflow UI, open report.html: this file's images show on disk and on GitHub, not in "
+    "the UI's Markdown viewer."
+)
+
+
+def _write_documents(
+    contents: Contents, context_keys: list[str], folder: Path,
+    artifact_href: Callable[[str], str | None], written: Written,
+) -> None:  # fmt: skip
+    """report.md and report.html. They differ in two blocks: the pointer to report.html, and
+    links to the CSV files from the UI (neither resolves from report.html's blob: page)."""
+    markdown = _blocks(contents, context_keys, [POINTER], _files_paragraph(artifact_href))
+    (folder / "report.md").write_text(to_markdown(markdown))
+    written(folder / "report.md")
+    html = _blocks(contents, context_keys, [], _files_paragraph(lambda path: None))
+    (folder / "report.html").write_text(to_html(html, folder, TITLE))
+    written(folder / "report.html")
+
+
+def _blocks(contents: Contents, context_keys: list[str], pointer: list[Block],
+            files: Block) -> list[Block]:  # fmt: skip
+    return [
+        Heading(1, TITLE), *contents.intro, *pointer,
+        Heading(2, "Configurations"), contents.config_table, files,
+        *(b for factor in FACTORS for b in _factor_blocks(factor, contents.sections[factor])),
+        Heading(2, "The study's claims"), *_claims_blocks(contents.verdicts, context_keys),
+        Heading(2, "Compared runs"), contents.runs_table,
+        Heading(2, "Runs"), *contents.run_pages,
+    ]  # fmt: skip
 
 
 def _files_paragraph(artifact_href: Callable[[str], str | None]) -> Block:
@@ -226,6 +250,19 @@ def _intro(runs: list[RunRecord], configurations: list[Configuration], selection
 
 
 def _draw_comparisons(
+    configurations: list[Configuration], context_keys: list[str], folder: Path, written: Written
+) -> dict[str, list[Section]]:
+    """Every comparison's curves and forest plot, by factor."""
+    (folder / "comparisons").mkdir()
+    colours = factor_colours(configurations)
+    return {
+        factor: _draw_factor(factor, configurations, colours[factor], context_keys, folder,
+                             written)
+        for factor in FACTORS
+    }  # fmt: skip
+
+
+def _draw_factor(
     factor: str, configurations: list[Configuration], colours: dict[str, str],
     context_keys: list[str], folder: Path, written: Written,
 ) -> list[Section]:  # fmt: skip
@@ -352,7 +389,7 @@ def _summary(intro, config_table, sections, verdicts, configurations, ui_href: R
                     [(f"({v.letter}) {v.claim}", v.verdict.upper(), "; ".join(v.brief))
                      for v in verdicts])]  # fmt: skip
     head = [Heading(3, "CIFAR-10 ablation: comparison"), *intro[:2], config_table, files]
-    note = paragraph("Charts, rules and every run's figure: report.html in this run's Artifacts.")
+    note = paragraph("Charts, rules and every run's curves: report.html in this run's Artifacts.")
     runs = sum(len(c.runs) for c in configurations)
     for parts in ((differences, claims, runs), (differences, claims, 20), ([], claims, 20),
                   ([], claims, 0), ([], [], 0)):  # fmt: skip
@@ -372,18 +409,39 @@ def _draw_runs(
     configurations: list[Configuration], context_keys: list[str], folder: Path,
     written: Written,
 ) -> list[Block]:  # fmt: skip
-    """Each run's figure, in table order."""
-    figures = RunFigures()
-    blocks: list[Block] = []
-    for configuration in configurations:
-        caption = describe(configuration.config, context_keys)
-        for run in configuration.runs:
-            name = f"runs/{slug(run.name)}__{run.run_id[:12]}.png"
-            judged = "best validation" if run.validated else "final"
-            subtitle = (
-                f"{caption} · seed {run.seed} · judged at epoch {run.selected_epoch} ({judged})"
-            )
-            figures.save(run, subtitle, folder / name)
-            written(folder / name)
-            blocks.append(Image(name, run.name))
+    """Every run's curves, on pages of a few configurations each, in table order."""
+    (folder / "runs").mkdir()
+    columns = [(_runs_caption(number, c, context_keys), c)
+               for number, c in enumerate(configurations, 1)]  # fmt: skip
+    blocks: list[Block] = [paragraph(
+        "Every run's accuracy (above) and loss (below) against epoch, a column per configuration "
+        "(numbered as in the table), a thin line per run and split; the dot marks each run's "
+        "headline test accuracy, at the epoch it is judged by."
+    )]  # fmt: skip
+    pages = RunPages()
+    for start in range(0, len(columns), CONFIGURATIONS_PER_PAGE):
+        page = columns[start : start + CONFIGURATIONS_PER_PAGE]
+        first, last = start + 1, start + len(page)
+        name = f"runs/configurations-{first}-{last}.png"
+        pages.save(page, folder / name)
+        written(folder / name)
+        blocks.append(Image(name, f"the runs of configurations {first} to {last}"))
     return blocks
+
+
+def _runs_caption(number: int, configuration: Configuration, context_keys: list[str],
+                  width: int = 34) -> str:  # fmt: skip
+    """A runs page's column title: '2 · resnet18 · gelu · sgd', then 'lr 0.01 · 40 epochs ·
+    seeds 0–3' on the next line; lines of about `width` characters, broken between parts."""
+    seeds = configuration.seeds
+    consecutive = len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    listed = f"{seeds[0]}–{seeds[-1]}" if consecutive else ", ".join(str(s) for s in seeds)
+    parts = [str(number), *describe(configuration.config, context_keys).split(" · "),
+             f"seed{'s' if len(seeds) > 1 else ''} {listed}"]  # fmt: skip
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += f" · {part}"
+        else:
+            lines.append(part)
+    return "\n".join(lines)
