@@ -160,6 +160,9 @@ def write_report(
     config_table = write_table(table_rows(configurations), folder)
     written(folder / "table.csv")
     written(folder / "table.md")
+    # One process draws. measured: two (half the figures drawn in a spawned process) were slower
+    # on this shared 2-core machine, 6.7-6.9 s against 5.9-6.1 s for the factorial report of
+    # bench/bench_compare.py at load 4.
     sections = _draw_comparisons(configurations, context_keys, folder, written)
     write_differences(sections, folder)
     written(folder / "differences.csv")
