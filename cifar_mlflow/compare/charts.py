@@ -29,7 +29,9 @@ TRAIN_COLOUR, TEST_COLOUR, VAL_COLOUR = PALETTE[0], PALETTE[1], PALETTE[2]
 SPLITS = (("train", TRAIN_COLOUR), ("val", VAL_COLOUR), ("test", TEST_COLOUR))
 NOTE_COLOUR, OFF_SCALE_COLOUR, FLOOR_COLOUR = "#555555", "#a00000", "#999999"
 DPI = 100
-TICKS = 6  # at most, per axis
+TICKS = 6  # at most, per axis, where the limits are
+LABELS = 5  # tick labels at most, per axis: text is most of a chart's drawing time
+ROUND = [1, 2, 5, 10]  # tick steps
 MARKERS_UP_TO = 10  # epochs: with few points a line needs markers (one epoch is a lone point)
 # Cross-entropy of a uniform guess over 10 classes is ln 10 = 2.30; a run far above it has
 # diverged, so a loss axis stops at twice that.
@@ -79,13 +81,13 @@ def epoch_limits(max_epoch: int) -> tuple[float, float]:
 
 
 def _epoch_axes(ax, ylabel: str = "", xlabel: str = "epoch") -> None:
-    """Values against epoch: round ticks (epochs in 1, 2, 5 or 10s), a light grid."""
+    """Values against epoch: a few round ticks, a light grid."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     # min_n_ticks=1: a one-epoch axis shows just "1", not 0.6, 0.8...
-    ax.xaxis.set_major_locator(MaxNLocator(5, integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
-    ax.yaxis.set_major_locator(MaxNLocator(TICKS))
+    ax.xaxis.set_major_locator(MaxNLocator(LABELS, integer=True, steps=ROUND, min_n_ticks=1))
+    ax.yaxis.set_major_locator(MaxNLocator(LABELS, steps=ROUND))
 
 
 def _marker(epochs: np.ndarray) -> str:
@@ -218,7 +220,7 @@ class ForestFigures(ReusedFigure):
         self.ax.axvline(0, color=NOTE_COLOUR, linewidth=1)
         self.ax.grid(axis="x", alpha=0.3)
         self.ax.set_xlabel("difference in test accuracy (percentage points)")
-        self.ax.xaxis.set_major_locator(MaxNLocator(TICKS, symmetric=True))
+        self.ax.xaxis.set_major_locator(MaxNLocator(LABELS, symmetric=True, steps=ROUND))
         self.title = self.figure.suptitle("", weight="bold", y=1 - 0.08 / height, va="top")
         self.note = self.figure.text(0.5, 0.06 / height, "", ha="center", va="bottom",
                                      color=NOTE_COLOUR)  # fmt: skip
@@ -231,7 +233,7 @@ class ForestFigures(ReusedFigure):
         extent = [abs(v) * 100 for d in stats.differences
                   for v in (d.mean, d.low, d.high) if v is not None and math.isfinite(v)]  # fmt: skip
         reach = max([*extent, floor, 0.5]) * 1.1
-        ticks = MaxNLocator(TICKS, symmetric=True).tick_values(-reach, reach)
+        ticks = MaxNLocator(LABELS, symmetric=True, steps=ROUND).tick_values(-reach, reach)
         ax.set_xlim(float(ticks[0]), float(ticks[-1]))
         rows = range(len(stats.differences))
         ax.set_yticks(rows, [f"{d.value} − {d.reference}" for d in stats.differences])
