@@ -254,19 +254,33 @@ def test_exported_files_agree_with_the_registered_model(study, exported, tmp_pat
     assert info["input"]["mean"] == [0.4914, 0.4822, 0.4465]
     assert info["source"]["version"] == exported.version.version
     assert info["source"]["checkpoint"] == "best"
-    metrics = exported.export_run.data.metrics
-    assert metrics["onnx_max_abs_diff"] <= 1e-4 and metrics["torchscript_max_abs_diff"] <= 1e-4
+    tags = exported.export_run.data.tags
+    assert float(tags["export.onnx_max_abs_diff"]) <= 1e-4
+    assert float(tags["export.torchscript_max_abs_diff"]) <= 1e-4
 
 
 def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_path):
     run = exported.export_run
-    metrics = run.data.metrics
-    assert metrics["champion_test_acc"] == pytest.approx(metrics["training_logged_test_acc"])
+    numbers = {k.removeprefix("export."): float(v) for k, v in run.data.tags.items()
+               if k.startswith("export.")}  # fmt: skip
+    assert numbers["test_acc"] == pytest.approx(numbers["training_logged_test_acc"], abs=1e-5)
     assert run.data.tags["export_of"] == exported.version.run_id
     assert "checkpoint `best`" in run.data.tags["mlflow.note.content"]
-    # Its own names only: nothing that would land in the training runs' charts and columns.
-    training = set(metrics_of(study.peaked))
-    assert not set(metrics) & training, set(metrics) & training
+    assert run.data.metrics == {}  # the experiment's charts hold training metrics only
+    # The evaluation is linked to the registered checkpoint, with the split it was measured on.
+    [model] = [m for m in mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list")
+        if m.model_id == exported.version.source.removeprefix("models:/")]  # fmt: skip
+    linked = {m.key: m for m in model.metrics}
+    assert linked["test_macro_f1"].value == pytest.approx(numbers["macro_f1"])
+    assert linked["test_macro_f1"].dataset_name == "cifar10-test"
+    # The registry's pages say what the model and this version are, and how to load it.
+    client = MlflowClient()
+    assert "`best` checkpoint" in client.get_registered_model(exported.name).description
+    described = client.get_model_version(exported.name, exported.version.version).description
+    assert f"run `{exported.version.run_id}`" in described and "validation accuracy" in described
+    assert f'mlflow.pytorch.load_model("models:/{exported.name}@champion")' in described
+    assert "`.eval()` and `.train()` raise `NotImplementedError`" in described
 
     table = MlflowClient().load_table(run.info.experiment_id, "evaluation/per_class_metrics.json",
                                       run_ids=[run.info.run_id])  # fmt: skip
@@ -274,8 +288,8 @@ def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_pa
     assert table["support"].sum() == 40
     # recall of a class is its correct predictions over its images, so they add up to accuracy
     correct = (table["recall"] * table["support"]).sum()
-    assert correct / 40 == pytest.approx(metrics["champion_test_acc"], abs=1e-3)
-    assert metrics["champion_macro_f1"] == pytest.approx(table["f1"].mean(), abs=1e-3)
+    assert correct / 40 == pytest.approx(numbers["test_acc"], abs=1e-3)
+    assert numbers["macro_f1"] == pytest.approx(table["f1"].mean(), abs=1e-3)
 
     png = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path),
                                               artifact_path="evaluation/confusion_matrix.png")  # fmt: skip

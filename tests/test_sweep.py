@@ -311,7 +311,7 @@ def test_a_sweep_nests_its_runs_retries_the_failed_one_and_then_runs_nothing(
     artifacts = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"report.md", "table.csv"} <= artifacts
     assert parent_again.data.params["sweep.configurations"] == "2"
-    assert parent_again.data.metrics["compare.runs"] == 2
+    assert parent_again.data.tags["compare.runs"] == "2"
 
     third = sweep(*args)
     assert third.exit_code == 0, third.output

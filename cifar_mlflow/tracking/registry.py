@@ -122,6 +122,13 @@ def register(model_id: str, run_id: str, name: str, alias: str,
     return Registration(name, str(version), alias, created=True)
 
 
+def describe(registration: Registration, model_text: str, version_text: str) -> None:
+    """The registered model's and its version's descriptions (Markdown, on their UI pages)."""
+    client = MlflowClient()
+    client.update_registered_model(registration.name, description=model_text)
+    client.update_model_version(registration.name, registration.version, description=version_text)
+
+
 def tag_version(registration: Registration, key: str, value: str) -> None:
     MlflowClient().set_model_version_tag(registration.name, registration.version, key, value)
 
