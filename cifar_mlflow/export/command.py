@@ -62,15 +62,21 @@ def export(**options) -> None:
 def predict(images: tuple[Path, ...], model_uri: str, server: str | None, top: int,
             print_request: bool) -> None:  # fmt: skip
     """Print the most probable CIFAR-10 classes of each IMAGE (any size; resized to 32x32)."""
-    from .predict import local_logits, read_images, served_logits, serving_request, top_classes
+    from .predict import (
+        local_probabilities,
+        read_images,
+        served_probabilities,
+        serving_request,
+        top_classes,
+    )
 
     inputs = read_images(list(images))
     if print_request:
         click.echo(json.dumps(serving_request(inputs)))
         return
-    if server:  # a served model answers logits only: its classes are CIFAR-10's, in order
-        logits, classes = served_logits(server, inputs), CLASSES
+    if server:
+        probabilities, classes = served_probabilities(server, inputs)
     else:
-        logits, classes = local_logits(model_uri, inputs)
-    for path, ranked in zip(images, top_classes(logits, classes, top)):
+        probabilities, classes = local_probabilities(model_uri, inputs)
+    for path, ranked in zip(images, top_classes(probabilities, classes, top)):
         click.echo(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))

@@ -25,6 +25,7 @@ from ..tracking.datasets import logged_digest, split_digest
 from ..tracking.models import load_model, log_model_scores, model_classes
 from ..tracking.registry import Registration
 from ..tracking.runs import JOB_TAG, RunSpec, tracked_run
+from ..tracking.serving import log_served_model
 from .champion import ON_TEST, Candidate, ChampionError, choose_best_run
 from .config import ExportConfig
 from .deployment import ExportedFiles, export_and_verify, logits_of, model_info, write_model_info
@@ -70,9 +71,12 @@ def export_champion(config: ExportConfig, report: Callable[[str], None]) -> Expo
                f"{files.onnx_max_diff:.1e})")  # fmt: skip
         scores = evaluate(data.test.labels, logits_of(model, inputs).argmax(1), classes)
         trained = check_agreement(candidate, data, scores)
-        registration = registry.register(candidate.checkpoint.model_id, candidate.run_id,
-                                         config.registered_name, config.alias,
-                                         candidate.version_tags())  # fmt: skip
+        registration = registry.register(
+            candidate.checkpoint.model_id, candidate.run_id, config.registered_name,
+            config.alias, candidate.version_tags(),
+            lambda: log_served_model(model, candidate.run_id, candidate.epoch, classes,
+                                     inputs[:2], {"checkpoint": candidate.checkpoint.name}),
+        )  # fmt: skip
         report(f"{'registered' if registration.created else 'already registered:'} "
                f"{registration.name} version {registration.version}, alias {registration.alias}")  # fmt: skip
         source = {"registered_model": registration.name, "version": registration.version,
