@@ -46,6 +46,8 @@ def export(**options) -> None:
                f"macro F1 {scores.summary_metrics()['macro_f1']:.4f}")  # fmt: skip
     click.echo(f"export run {result.run_id}: deployment/ and evaluation/ artifacts")
     click.echo(f'load it: mlflow.pytorch.load_model("{result.registration.uri}")')
+    click.echo(f'serve it (answers class names): mlflow models serve -m "{result.registration.uri}" '
+               "--env-manager local -p 5001")  # fmt: skip
 
 
 @click.command()
