@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import warnings
@@ -96,9 +97,25 @@ def interruption(error: BaseException) -> str:
     return what + (": " + "; ".join(notes) if notes else "")
 
 
+# What the libraries print that a user cannot act on, off unless -v: MLflow's INFO lines
+# (system metrics starting and stopping), its "View run" links (a command's last line says
+# where its run is) and its artifact-download progress bars. Set in the environment, so a
+# sweep's or tune's training processes are quiet too; a value the user set is kept.
+QUIET_LIBRARIES = {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
 @click.group(cls=Commands)
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="also show what MLflow reports: INFO lines, run links, download progress")  # fmt: skip
+def cli(verbose: bool) -> None:
     """Run, track and compare CNN ablation studies on CIFAR-10 with MLflow."""
+    if not verbose:
+        for name, value in QUIET_LIBRARIES.items():
+            os.environ.setdefault(name, value)
 
 
 def main() -> None:

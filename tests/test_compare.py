@@ -274,9 +274,11 @@ def test_compare_logs_charts_table_and_report_matching_the_runs(study, tracking,
     run = mlflow.get_run(result.output.split("logged to run ")[1].split()[0])
     assert run.info.status == "FINISHED" and run.data.tags["job"] == "compare"
     assert run.info.run_name == "compare"
-    # Its own numbers under its own names: nothing in a training metric's chart or column.
-    assert set(run.data.metrics) == {"compare.runs", "compare.configurations",
-                                     "compare.comparisons"}  # fmt: skip
+    # Its own numbers as tags: no metric, so nothing in the experiment's charts.
+    assert run.data.metrics == {}
+    assert {k: run.data.tags[k] for k in ("compare.runs", "compare.configurations",
+                                          "compare.comparisons")} == {  # fmt: skip
+        "compare.runs": "7", "compare.configurations": "4", "compare.comparisons": "3"}
     assert run.info.experiment_id == mlflow.get_experiment_by_name(experiment).experiment_id
     assert run.data.params["experiment"] == experiment
     client = MlflowClient()

@@ -28,8 +28,11 @@ from cifar_mlflow.cli import cli
 from cifar_mlflow.core.data import CLASSES, as_model_input, load_cifar10
 from cifar_mlflow.export.champion import ChampionError, choose_best_run
 from cifar_mlflow.export.deployment import load_torchscript, onnx_logits
+from cifar_mlflow.export.job import as_trained_module
 from cifar_mlflow.testing.server import LocalServer
+from cifar_mlflow.tracking.models import load_model
 from cifar_mlflow.tracking.registry import RegistryError, register
+from cifar_mlflow.tracking.serving import log_served_model
 
 from .conftest import PROJECT_ROOT, free_port, tiny_train_args, tracking_on
 
@@ -199,7 +202,10 @@ def test_export_registers_the_best_validation_checkpoint_not_the_last(study, exp
     champion = MlflowClient().get_run(study.peaked)
     metrics, tags = champion.data.metrics, exported.version.tags
     assert exported.version.run_id == study.peaked  # not the failed run, nor the weaker one
-    assert exported.version.source == f"models:/{champion.data.tags['best_model_id']}"
+    # The version is the model logged to serve that checkpoint, tagged with the checkpoint.
+    assert exported.version.tags["checkpoint_model_id"] == champion.data.tags["best_model_id"]
+    served = mlflow.get_logged_model(exported.version.source.removeprefix("models:/"))
+    assert (served.name, served.source_run_id) == ("served", study.peaked)
     assert tags["checkpoint"] == "best" and int(tags["epoch"]) == metrics["best_epoch"]
     assert float(tags["val_acc"]) == metrics["best_val_acc"]
     assert float(tags["test_acc_at_best"]) == metrics["test_acc_at_best"]
@@ -231,8 +237,13 @@ def test_the_champion_loads_without_pickle_and_scores_what_training_logged(
     assert accuracy(model, data) == pytest.approx(metrics_of(study.peaked)["test_acc_at_best"])
     classes = mlflow.models.get_model_info(f"models:/{exported.name}@champion").metadata["classes"]
     assert classes == list(CLASSES)
+    # Through pyfunc (what `mlflow models serve` uses), with pickle refused too: named classes.
     pyfunc = mlflow.pyfunc.load_model(f"models:/{exported.name}@champion")
-    assert pyfunc.predict(as_model_input(data.test.images[:3])).shape == (3, len(CLASSES))
+    answer = pyfunc.predict(as_model_input(data.test.images[:3]))
+    assert list(answer.columns) == ["class", "probability", *CLASSES] and len(answer) == 3
+    with torch.no_grad():
+        logits = model(torch.from_numpy(as_model_input(data.test.images[:3])))
+    assert answer["class"].tolist() == [CLASSES[i] for i in logits.argmax(1)]
 
 
 def test_exported_files_agree_with_the_registered_model(study, exported, tmp_path):
@@ -254,19 +265,33 @@ def test_exported_files_agree_with_the_registered_model(study, exported, tmp_pat
     assert info["input"]["mean"] == [0.4914, 0.4822, 0.4465]
     assert info["source"]["version"] == exported.version.version
     assert info["source"]["checkpoint"] == "best"
-    metrics = exported.export_run.data.metrics
-    assert metrics["onnx_max_abs_diff"] <= 1e-4 and metrics["torchscript_max_abs_diff"] <= 1e-4
+    tags = exported.export_run.data.tags
+    assert float(tags["export.onnx_max_abs_diff"]) <= 1e-4
+    assert float(tags["export.torchscript_max_abs_diff"]) <= 1e-4
 
 
 def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_path):
     run = exported.export_run
-    metrics = run.data.metrics
-    assert metrics["champion_test_acc"] == pytest.approx(metrics["training_logged_test_acc"])
+    numbers = {k.removeprefix("export."): float(v) for k, v in run.data.tags.items()
+               if k.startswith("export.")}  # fmt: skip
+    assert numbers["test_acc"] == pytest.approx(numbers["training_logged_test_acc"], abs=1e-5)
     assert run.data.tags["export_of"] == exported.version.run_id
     assert "checkpoint `best`" in run.data.tags["mlflow.note.content"]
-    # Its own names only: nothing that would land in the training runs' charts and columns.
-    training = set(metrics_of(study.peaked))
-    assert not set(metrics) & training, set(metrics) & training
+    assert run.data.metrics == {}  # the experiment's charts hold training metrics only
+    # The evaluation is linked to the registered checkpoint, with the split it was measured on.
+    [model] = [m for m in mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list")
+        if m.model_id == exported.version.tags["checkpoint_model_id"]]  # fmt: skip
+    linked = {m.key: m for m in model.metrics}
+    assert linked["test_macro_f1"].value == pytest.approx(numbers["macro_f1"])
+    assert linked["test_macro_f1"].dataset_name == "cifar10-test"
+    # The registry's pages say what the model and this version are, and how to load it.
+    client = MlflowClient()
+    assert "`best` checkpoint" in client.get_registered_model(exported.name).description
+    described = client.get_model_version(exported.name, exported.version.version).description
+    assert f"run `{exported.version.run_id}`" in described and "validation accuracy" in described
+    assert f'mlflow.pytorch.load_model("models:/{exported.name}@champion")' in described
+    assert "`.eval()` and `.train()` raise `NotImplementedError`" in described
 
     table = MlflowClient().load_table(run.info.experiment_id, "evaluation/per_class_metrics.json",
                                       run_ids=[run.info.run_id])  # fmt: skip
@@ -274,8 +299,8 @@ def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_pa
     assert table["support"].sum() == 40
     # recall of a class is its correct predictions over its images, so they add up to accuracy
     correct = (table["recall"] * table["support"]).sum()
-    assert correct / 40 == pytest.approx(metrics["champion_test_acc"], abs=1e-3)
-    assert metrics["champion_macro_f1"] == pytest.approx(table["f1"].mean(), abs=1e-3)
+    assert correct / 40 == pytest.approx(numbers["test_acc"], abs=1e-3)
+    assert numbers["macro_f1"] == pytest.approx(table["f1"].mean(), abs=1e-3)
 
     png = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path),
                                               artifact_path="evaluation/confusion_matrix.png")  # fmt: skip
@@ -314,13 +339,24 @@ def test_a_new_champion_gets_a_new_version_and_a_failed_alias_leaves_nothing(stu
     candidate = choose_best_run(study.experiment, "ghost_resnet18",
                                 extra_filter=f"attributes.run_id = '{study.weaker}'")  # fmt: skip
 
+    module = as_trained_module(load_model(candidate.model_uri), candidate.run, CLASSES)
+    example = as_model_input(load_cifar10(study.data_dir).test.images[:2])
+
     def register_as(alias: str):
         return register(candidate.checkpoint.model_id, candidate.run_id, exported.name, alias,
-                        candidate.version_tags())  # fmt: skip
+                        candidate.version_tags(),
+                        lambda: log_served_model(module, candidate.run_id, candidate.epoch,
+                                                 CLASSES, example, {}))  # fmt: skip
+
+    def served_models() -> list:
+        return [m for m in mlflow.search_logged_models(
+            experiment_ids=[candidate.run.info.experiment_id], output_format="list")
+            if m.source_run_id == study.weaker and m.name == "served"]  # fmt: skip
 
     with pytest.raises(RegistryError, match="nothing was registered"):
         register_as("v9")  # reserved: the registry refuses it after the version is created
     assert len(client.search_model_versions(f"name = '{exported.name}'")) == 1
+    assert served_models() == []  # the model logged for it is deleted too
 
     registration = register_as("challenger")
     assert registration.created and registration.version != exported.version.version
@@ -458,9 +494,12 @@ def test_served_champion_answers_a_rest_request_with_the_right_classes(
     response = requests.post(f"{model_server}/invocations", data=body.stdout,
                              headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
     assert response.ok, response.text
-    logits = np.asarray(response.json()["predictions"])
-    assert logits.shape == (len(photos), len(CLASSES))
-    assert [CLASSES[i] for i in logits.argmax(1)] == onnx_top_class(exported, photos, tmp_path)
+    # Each answer names its class, with its probability and every class's.
+    predictions = response.json()["predictions"]
+    assert [p["class"] for p in predictions] == onnx_top_class(exported, photos, tmp_path)
+    for p in predictions:
+        assert sum(p[c] for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
+        assert p["probability"] == max(p[c] for c in CLASSES) == p[p["class"]]
 
     served = invoke("predict", "--server", model_server, *map(str, photos))
     local = invoke("predict", "--model-uri", f"models:/{exported.name}@champion", *map(str, photos))

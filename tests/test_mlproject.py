@@ -33,9 +33,9 @@ def cli_options(command: click.Command) -> dict[str, click.Option]:
 
 
 # (entry point, click command, options that are not MLproject parameters). --resume names a run
-# to continue, which `mlflow run --run-id` does for projects. The sweep entry point passes ""
-# for "not given" and has its own test in test_sweep.py.
-MIRRORED = [("main", "train", {"resume"}), ("train", "train", {"resume"}),
+# to continue and --run-name names it, which `mlflow run --run-id` and `--run-name` do for
+# projects. The sweep entry point passes "" for "not given" and has its own test in test_sweep.py.
+MIRRORED = [("main", "train", {"resume", "run_name"}), ("train", "train", {"resume", "run_name"}),
             ("compare", "compare", set()), ("export", "export", set())]  # fmt: skip
 
 

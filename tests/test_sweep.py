@@ -298,8 +298,9 @@ def test_a_sweep_nests_its_runs_retries_the_failed_one_and_then_runs_nothing(
     shutil.copytree(image_folder, late)
     second = sweep(*args)
     assert second.exit_code == 0, second.output
-    assert "  skip   resnet18-relu-sgd-s0" in second.stdout
-    assert f"  rerun  resnet18-gelu-sgd-s0  FAILED in run {failed.info.run_id}" in second.stdout
+    assert "  skip   resnet18-relu-sgd-s0  lr 0.01" in second.stdout
+    rerun = f"  rerun  resnet18-gelu-sgd-s0  lr 0.01      FAILED in run {failed.info.run_id}"
+    assert rerun in second.stdout
     assert "resnet18-gelu-sgd-s0  running epoch 1/1" in second.stderr
     parent_again, children = sweep_runs(tracking, "s1")
     assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
@@ -311,7 +312,7 @@ def test_a_sweep_nests_its_runs_retries_the_failed_one_and_then_runs_nothing(
     artifacts = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"report.md", "table.csv"} <= artifacts
     assert parent_again.data.params["sweep.configurations"] == "2"
-    assert parent_again.data.metrics["compare.runs"] == 2
+    assert parent_again.data.tags["compare.runs"] == "2"
 
     third = sweep(*args)
     assert third.exit_code == 0, third.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -286,6 +287,12 @@ def test_a_finished_tune_rerun_adds_nothing(scenario, monkeypatch, mlflow_server
 def test_sweep_tuned_trains_each_configuration_at_its_tuned_lr(scenario, tracking, tmp_path):
     configurations = {r.data.params["optimizer"]: float(r.data.tags["tuned_lr"])
                       for r in runs(scenario.experiment) if r.data.tags.get("job") == CONFIG_JOB}  # fmt: skip
+    planned = invoke("sweep", "--tuned", "t1", "--dry-run", "--experiment", tracking)
+    assert planned.exit_code == 0, planned.output
+    # Readable: each run says its learning rate; no full-precision floats.
+    assert not re.search(r"\d\.\d{6,}", planned.stdout), planned.stdout
+    for optimizer, lr in configurations.items():
+        assert f"-{optimizer}-s0  lr {lr:<8.3g}" in planned.stdout, planned.stdout
     result = invoke("sweep", "--tuned", "t1", "--seeds", "1", "--epochs", "1", "--runs-per-gpu", "2",
                     "--no-system-metrics", "--experiment", tracking, "--output-dir", str(tmp_path))  # fmt: skip
     assert result.exit_code == 0, result.output[-3000:]

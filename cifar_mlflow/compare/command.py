@@ -25,13 +25,15 @@ DEFAULT_OUTPUT_DIR = "outputs/compare"
               show_default=True, help="where the charts, table and report.md are written")  # fmt: skip
 def compare(experiment, filter_string, sweep, include_unfinished, output_dir) -> None:
     """Chart and tabulate the training runs of an experiment, and log it all to a compare run."""
+    from ..tracking.runs import get_run, ui_url
     from ..tracking.training_runs import Selection
     from .job import run_compare
 
     selection = Selection(experiment, filter_string, sweep, include_unfinished)
     run_id, counts = run_compare(selection, output_dir)
+    url = ui_url(get_run(run_id).info.experiment_id, run_id)
     click.echo(
         f"compared {counts['runs']} runs in {counts['configurations']} configurations "
         f"({counts['comparisons']} comparison charts): {Path(output_dir) / 'report.md'}, "
-        f"logged to run {run_id}"
+        f"logged to run {run_id}" + (f" at {url}" if url else "")
     )

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from ..tracking import connection, records
 from ..tracking.connection import is_http
 from ..tracking.history import fetch_histories
-from ..tracking.runs import JOB_TAG, TUNED_FROM_TAG, RunSpec, tracked_run
+from ..tracking.runs import JOB_TAG, TUNED_FROM_TAG, RunSpec, tracked_run, ui_route
 from ..tracking.training_runs import Selection, SelectionError, training_runs
 from . import report
 from .study import Curve, RunRecord, effective_config
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                 "epoch_seconds")  # fmt: skip
-# The compare run's own numbers: named so that no training metric's chart or column holds them.
-COUNT_METRICS = {"runs": "compare.runs", "configurations": "compare.configurations",
-                 "comparisons": "compare.comparisons"}  # fmt: skip
+# The compare run's own counts: tags, so the experiment's charts hold training metrics only.
+COUNT_TAGS = {"runs": "compare.runs", "configurations": "compare.configurations",
+              "comparisons": "compare.comparisons"}  # fmt: skip
 
 
 def load_records(runs: list[Run]) -> list[RunRecord]:
@@ -100,10 +100,10 @@ def _write_and_upload(
     runs: list[RunRecord], folder: Path, described: str, run_id: str, uri: str
 ) -> dict[str, int]:
     """Write the report, each file uploaded once whole; then the summary as the run's
-    description and the counts under compare's own metric names."""
+    description and the counts as its tags."""
 
     def ui_href(run: RunRecord) -> str:  # the UI's own route: works in its Markdown views
-        return f"#/experiments/{run.experiment_id}/runs/{run.run_id}"
+        return ui_route(run.experiment_id, run.run_id)
 
     def file_href(run: RunRecord) -> str | None:  # from a file, the server's address is needed
         return f"{uri.rstrip('/')}/{ui_href(run)}" if is_http(uri) else None
@@ -115,7 +115,7 @@ def _write_and_upload(
         written = report.write_report(runs, folder, described, upload, file_href, ui_href,
                                       artifact_href)  # fmt: skip
     records.set_description(run_id, written.summary)
-    records.log_metrics(run_id, {COUNT_METRICS[k]: v for k, v in written.counts.items()})
+    records.set_tags(run_id, {COUNT_TAGS[k]: v for k, v in written.counts.items()})
     return written.counts
 
 

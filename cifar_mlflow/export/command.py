@@ -46,6 +46,8 @@ def export(**options) -> None:
                f"macro F1 {scores.summary_metrics()['macro_f1']:.4f}")  # fmt: skip
     click.echo(f"export run {result.run_id}: deployment/ and evaluation/ artifacts")
     click.echo(f'load it: mlflow.pytorch.load_model("{result.registration.uri}")')
+    click.echo(f'serve it (answers class names): mlflow models serve -m "{result.registration.uri}" '
+               "--env-manager local -p 5001")  # fmt: skip
 
 
 @click.command()
@@ -62,15 +64,21 @@ def export(**options) -> None:
 def predict(images: tuple[Path, ...], model_uri: str, server: str | None, top: int,
             print_request: bool) -> None:  # fmt: skip
     """Print the most probable CIFAR-10 classes of each IMAGE (any size; resized to 32x32)."""
-    from .predict import local_logits, read_images, served_logits, serving_request, top_classes
+    from .predict import (
+        local_probabilities,
+        read_images,
+        served_probabilities,
+        serving_request,
+        top_classes,
+    )
 
     inputs = read_images(list(images))
     if print_request:
         click.echo(json.dumps(serving_request(inputs)))
         return
-    if server:  # a served model answers logits only: its classes are CIFAR-10's, in order
-        logits, classes = served_logits(server, inputs), CLASSES
+    if server:
+        probabilities, classes = served_probabilities(server, inputs)
     else:
-        logits, classes = local_logits(model_uri, inputs)
-    for path, ranked in zip(images, top_classes(logits, classes, top)):
+        probabilities, classes = local_probabilities(model_uri, inputs)
+    for path, ranked in zip(images, top_classes(probabilities, classes, top)):
         click.echo(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in ranked))

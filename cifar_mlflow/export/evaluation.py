@@ -43,6 +43,11 @@ class Evaluation:
             "macro_f1": float(self.f1.mean()),
         }
 
+    def model_scores(self) -> dict[str, float]:
+        """The scores a logged model carries beside the accuracy its run logged (`test_acc`):
+        named for the split they were measured on."""
+        return {f"test_{k}": v for k, v in self.summary_metrics().items() if k != "test_acc"}
+
     def confusion_figure(self) -> Figure:
         """The confusion matrix as a chart with the class names on both axes."""
         from sklearn.metrics import ConfusionMatrixDisplay

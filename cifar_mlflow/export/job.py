@@ -22,12 +22,19 @@ from ..core.data import MEAN, STD, Cifar10, as_model_input, load_cifar10, source
 from ..core.models import Normalized, build_model
 from ..tracking import connection, records, registry
 from ..tracking.datasets import logged_digest, split_digest
-from ..tracking.models import load_model, model_classes
+from ..tracking.models import load_model, log_model_scores, model_classes
 from ..tracking.registry import Registration
 from ..tracking.runs import JOB_TAG, RunSpec, tracked_run
+from ..tracking.serving import log_served_model
 from .champion import ON_TEST, Candidate, ChampionError, choose_best_run
 from .config import ExportConfig
 from .deployment import ExportedFiles, export_and_verify, logits_of, model_info, write_model_info
+from .describe import (
+    TEST_CHOICE,
+    export_summary,
+    family_description,
+    version_description,
+)
 from .evaluation import Evaluation, evaluate
 
 if TYPE_CHECKING:
@@ -64,9 +71,12 @@ def export_champion(config: ExportConfig, report: Callable[[str], None]) -> Expo
                f"{files.onnx_max_diff:.1e})")  # fmt: skip
         scores = evaluate(data.test.labels, logits_of(model, inputs).argmax(1), classes)
         trained = check_agreement(candidate, data, scores)
-        registration = registry.register(candidate.checkpoint.model_id, candidate.run_id,
-                                         config.registered_name, config.alias,
-                                         candidate.version_tags())  # fmt: skip
+        registration = registry.register(
+            candidate.checkpoint.model_id, candidate.run_id, config.registered_name,
+            config.alias, candidate.version_tags(),
+            lambda: log_served_model(model, candidate.run_id, candidate.epoch, classes,
+                                     inputs[:2], {"checkpoint": candidate.checkpoint.name}),
+        )  # fmt: skip
         report(f"{'registered' if registration.created else 'already registered:'} "
                f"{registration.name} version {registration.version}, alias {registration.alias}")  # fmt: skip
         source = {"registered_model": registration.name, "version": registration.version,
@@ -74,6 +84,11 @@ def export_champion(config: ExportConfig, report: Callable[[str], None]) -> Expo
                   "checkpoint": candidate.checkpoint.name, "epoch": candidate.epoch}  # fmt: skip
         write_model_info(model_info(model, classes, source), folder)
         run_id = log_export(config, candidate, registration, files, scores, trained, data, folder)
+    if trained is not None and registration.created:  # scored on the images training scored on
+        log_model_scores(candidate.checkpoint, scores.model_scores(), "test",
+                         logged_digest(candidate.run, "test"))  # fmt: skip
+    registry.describe(registration, family_description(config.model, registration),
+                      version_description(candidate, registration, scores, trained, run_id))  # fmt: skip
     return ExportResult(candidate, registration, files, scores, trained, run_id)
 
 
@@ -90,8 +105,6 @@ def describe_choice(candidate: Candidate) -> str:
     return line
 
 
-TEST_CHOICE = ("chosen on the TEST set: no run has a validation split, so its accuracy is "
-               "optimistic (train with --val-size > 0 to choose on validation)")  # fmt: skip
 
 
 def data_dir_of(config: ExportConfig, candidate: Candidate) -> str:
@@ -171,42 +184,20 @@ def log_export(
                 "selection_metric": candidate.metric, "data_source": data.source,
                 "test_images": len(data.test)},
     )  # fmt: skip
-    # Names of their own, never a training metric's: the experiment's training charts and
-    # columns (test_acc, ...) show training runs only.
-    metrics = {
-        **{f"champion_{k}": v for k, v in scores.summary_metrics().items()},
+    # Tags, not metrics: the experiment's charts hold training metrics only. The evaluation is
+    # linked to the checkpoint's LoggedModel too (log_model_scores).
+    numbers = {
+        **scores.summary_metrics(),
         f"selection_{candidate.metric}": candidate.value,
         "torchscript_max_abs_diff": files.torchscript_max_diff,
         "onnx_max_abs_diff": files.onnx_max_diff,
     }
     if trained is not None:
-        metrics["training_logged_test_acc"] = trained
+        numbers["training_logged_test_acc"] = trained
     with tracked_run(spec) as run_id:
-        records.log_metrics(run_id, metrics)
+        records.set_tags(run_id, {f"export.{k}": f"{v:.6g}" for k, v in numbers.items()})
         records.log_folder(run_id, folder, "deployment")
         records.log_figure(run_id, scores.confusion_figure(), "evaluation/confusion_matrix.png")
         records.log_table(run_id, scores.per_class_table(), "evaluation/per_class_metrics.json")
     registry.tag_version(registration, "export_run_id", run_id)
     return run_id
-
-
-def export_summary(candidate: Candidate, registration: Registration, scores: Evaluation,
-                   trained: float | None) -> str:  # fmt: skip
-    """The export run's description (its Overview in the MLflow UI), in markdown."""
-    logged = f" (training logged {trained:.4f} for it)" if trained is not None else ""
-    lines = [
-        f"**{registration.name}** version {registration.version} (alias `{registration.alias}`)",
-        (
-            f"is checkpoint `{candidate.checkpoint.name}` (epoch {candidate.epoch}) of run "
-            f"`{candidate.run_id}` ({candidate.run.info.run_name}),"
-        ),
-        (
-            f"chosen on {candidate.chosen_on} {candidate.metric} = {candidate.value:.4f} among "
-            f"{candidate.qualifying_runs} run(s)."
-        ),
-        "",
-        f"Test accuracy on {scores.num_images} images: {scores.accuracy:.4f}{logged}.",
-    ]
-    if candidate.chosen_on == ON_TEST:
-        lines += ["", f"**Warning**: {TEST_CHOICE}."]
-    return "\n".join(lines)

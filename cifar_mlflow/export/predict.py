@@ -34,9 +34,9 @@ def serving_request(images: np.ndarray) -> dict:
     return {"inputs": images.tolist()}
 
 
-def local_logits(model_uri: str, images: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The model's logits for `images`, and the class names it was logged with (CIFAR-10's for
-    a model logged without them)."""
+def local_probabilities(model_uri: str, images: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The model's class probabilities for `images`, and the class names it was logged with
+    (CIFAR-10's for a model logged without them)."""
     # torch and MLflow load only here: --print-request and --server need neither (~3 s).
     from ..tracking import connection
     from ..tracking.models import ModelNotLoaded, load_model, model_classes
@@ -51,10 +51,13 @@ def local_logits(model_uri: str, images: np.ndarray) -> tuple[np.ndarray, tuple[
             f"{e}; list registered models and aliases in the MLflow UI, or run "
             "`cifar-mlflow export` to register a champion"
         ) from None
-    return logits_of(model, images), model_classes(model_uri) or CLASSES
+    return softmax(logits_of(model, images)), model_classes(model_uri) or CLASSES
 
 
-def served_logits(server: str, images: np.ndarray) -> np.ndarray:
+def served_probabilities(server: str, images: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Each image's class probabilities from a running `mlflow models serve`, and the classes
+    they are for: as named in its answer (a registered champion), or CIFAR-10's for a model
+    that answers logits (a run's `best` or `final`)."""
     url = f"{server.rstrip('/')}/invocations"
     try:
         response = requests.post(url, json=serving_request(images), timeout=SERVER_TIMEOUT_SECONDS)
@@ -66,19 +69,27 @@ def served_logits(server: str, images: np.ndarray) -> np.ndarray:
     if not response.ok:
         raise PredictError(f"model server {url} answered HTTP {response.status_code}: "
                            f"{response.text.strip()[:300]}")  # fmt: skip
-    return np.asarray(response.json()["predictions"], dtype=np.float32)
+    answers = response.json()["predictions"]
+    if answers and isinstance(answers[0], dict):  # {"class": ..., "probability": ..., <class>: p}
+        classes = tuple(c for c in CLASSES if c in answers[0]) or tuple(
+            k for k in answers[0] if k not in ("class", "probability"))  # fmt: skip
+        return np.asarray([[a[c] for c in classes] for a in answers], np.float32), classes
+    return softmax(np.asarray(answers, dtype=np.float32)), CLASSES
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def top_classes(
-    logits: np.ndarray, classes: tuple[str, ...], k: int
+    probabilities: np.ndarray, classes: tuple[str, ...], k: int
 ) -> list[list[tuple[str, float]]]:
-    """For each image, its k most probable classes with their softmax probabilities."""
-    if logits.ndim != 2 or logits.shape[1] != len(classes):
+    """For each image, its k most probable classes with their probabilities."""
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(classes):
         raise PredictError(
-            f"the model returns {logits.shape[-1]} scores per image but CIFAR-10 has "
+            f"the model returns {probabilities.shape[-1]} scores per image but CIFAR-10 has "
             f"{len(classes)} classes: point --model-uri at a cifar-mlflow model"
         )
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     return [[(classes[c], float(p[c])) for c in row] for p, row in zip(probabilities, order)]

@@ -53,7 +53,7 @@ class Grid:
     def describe_axes(self) -> str:
         """'activation=sigmoid,relu | optimizer=sgd,adam': the grid as one readable line."""
         return " | ".join(
-            " x ".join(f"{k}={','.join(_spell(v) for v in values)}" for k, values in group.items())
+            " x ".join(f"{k}={','.join(_shown(v) for v in values)}" for k, values in group.items())
             for group in self.axes
         )
 
@@ -186,6 +186,11 @@ def _option_name(key: object, options: Mapping[str, click.Parameter], where: str
     if name not in options:
         raise GridError(f"{where}: {key!r} is not a train option (options: {', '.join(options)})")
     return name
+
+
+def _shown(value: object) -> str:
+    """A value as a person reads it: a float to 4 significant digits (a tuned lr has 17)."""
+    return f"{value:.4g}" if isinstance(value, float) else _spell(value)
 
 
 def _spell(value: object) -> str:

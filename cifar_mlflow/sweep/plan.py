@@ -61,7 +61,10 @@ def plan_lines(plan: Sequence[Planned]) -> list[str]:
                     f": {reason}" if reason else ""
                 )
                 note += "; continues from its last checkpoint, if any"
-        lines.append(f"  {p.action:<5}  {p.config.run_name:<{width}}  {note}".rstrip())
+        settings = f"lr {p.config.lr:<8.3g}" + (
+            f" wd {p.config.weight_decay:<8.3g}" if p.config.weight_decay else ""
+        )
+        lines.append(f"  {p.action:<5}  {p.config.run_name:<{width}}  {settings}  {note}".rstrip())
     return lines
 
 

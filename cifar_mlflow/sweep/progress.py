@@ -16,6 +16,7 @@ import click
 from tqdm import tqdm
 
 from ..train.events import Event, Started
+from ..train.progress import duration
 from .executors import Outcome
 
 
@@ -100,14 +101,6 @@ def describe(outcome: Outcome) -> str:
         )
         return f"finished{took}{acc}"
     return f"{outcome.status.lower()}{took}: {outcome.reason}"
-
-
-def duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return (
-        f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-    )
 
 
 def results_table(rows: Sequence[ConfigurationResult]) -> str:

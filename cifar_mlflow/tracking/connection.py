@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import requests
@@ -69,6 +70,15 @@ def tracking_uri() -> str:
 
 def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` as it may be shown or recorded: without a user and password in it."""
+    parts = urlsplit(uri)
+    if not parts.username and not parts.password:
+        return uri
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def connect() -> str:

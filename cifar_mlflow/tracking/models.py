@@ -8,11 +8,16 @@ installed. `mlflow.pytorch.load_model` gives a torch.fx GraphModule with our par
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+
 import mlflow
 import numpy as np
 import torch
+from mlflow.entities import LoggedModel, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
 
 from ..core.errors import UserError
 
@@ -28,7 +33,9 @@ def log_checkpoint(
     `name` at step = `epoch`; MLflow links the run's metrics of that step to it (so `best` shows
     its epoch's val_acc and test_acc). The class names go in its metadata. Returns the model's
     id; the run's tag `<name>_model_id` names it too, and `model_uri` the last one logged."""
-    model = model.cpu().eval()
+    # Saved in the standard memory layout: the engine trains in channels_last, whose weights
+    # torch.export's archive stores as slices of a larger storage (it warns so, once per weight).
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(example_images)).numpy()
     info = mlflow.pytorch.log_model(
@@ -53,6 +60,20 @@ def log_checkpoint(
     # The run's `model_uri` names the model to use: logged last, `best` when there is one.
     mlflow.set_tags({f"{name}_model_id": info.model_id, "model_uri": info.model_uri})
     return info.model_id
+
+
+def log_model_scores(model: LoggedModel, scores: Mapping[str, float], split: str,
+                     digest: str | None) -> None:  # fmt: skip
+    """Scores measured after training (an export's evaluation) linked to the LoggedModel `model`
+    and to the split they were measured on: logged into the model's run at the model's step
+    (its epoch), where the run's own metrics of that epoch are, so the model's page in the UI
+    lists them together."""
+    epoch = int(model.tags.get("epoch", 0))
+    now = int(time.time() * 1000)
+    dataset = {"dataset_name": f"cifar10-{split}", "dataset_digest": digest} if digest else {}
+    metrics = [Metric(k, float(v), now, epoch, model_id=model.model_id, **dataset)
+               for k, v in scores.items()]  # fmt: skip
+    MlflowClient().log_batch(model.source_run_id, metrics=metrics)
 
 
 def model_classes(model_uri: str) -> tuple[str, ...] | None:

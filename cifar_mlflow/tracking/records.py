@@ -3,14 +3,13 @@ files (each uploaded as soon as it is whole), figures, tables and the run's desc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
@@ -20,11 +19,8 @@ if TYPE_CHECKING:
 UPLOAD_THREADS = 2
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
-    now = int(time.time() * 1000)
-    MlflowClient().log_batch(
-        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
-    )
+def set_tags(run_id: str, tags: Mapping[str, object]) -> None:
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def set_description(run_id: str, markdown: str) -> None:

@@ -1,14 +1,16 @@
 """The model registry: the runs that may become a family's champion, and registering one.
 
-Registering is all-or-nothing: the version is created with its tags in one call, the alias is
-set next, and if either step fails the new version (and a registered model created for it) is
-deleted again. Registering the run a version already holds adds no version.
+A version is a model logged for one checkpoint (tracking.serving: it loads as the checkpoint's
+PyTorch module and serves class names), tagged with that checkpoint. Registering is
+all-or-nothing: the model is logged, the version created with its tags in one call, the alias
+set next, and if a step fails what was made (the model, the version, a registered model
+created for it) is deleted again. Registering a checkpoint a version already holds adds none.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import mlflow
@@ -25,6 +27,7 @@ from .training_runs import where_training_runs_are
 # any work is done; should MLflow's rule be stricter, registering fails and rolls back.
 ALIAS = re.compile(r"^[\w-]{1,255}$")
 RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+CHECKPOINT_TAG = "checkpoint_model_id"  # on a version: the run's LoggedModel it was made from
 
 
 class RegistryError(UserError):
@@ -90,14 +93,14 @@ def checkpoints_of(runs: list[Run]) -> list[LoggedModel]:
     return [m for m in found if m.source_run_id in run_ids]
 
 
-def register(model_id: str, run_id: str, name: str, alias: str,
-             tags: Mapping[str, str]) -> Registration:  # fmt: skip
-    """Point `name@alias` at the LoggedModel `model_id` (logged by run `run_id`), adding a
-    version only when no version of `name` holds that model yet (so registering the same
-    champion twice adds nothing)."""
+def register(checkpoint_id: str, run_id: str, name: str, alias: str, tags: Mapping[str, str],
+             log_model: Callable[[], str]) -> Registration:  # fmt: skip
+    """Point `name@alias` at a version holding the checkpoint `checkpoint_id` (a LoggedModel of
+    run `run_id`): the version that holds it already (so registering the same champion twice
+    adds nothing), else a new version of the model `log_model()` logs for it and returns the id
+    of, tagged CHECKPOINT_TAG; that model is deleted again if registering fails."""
     client = MlflowClient()
-    model_uri = f"models:/{model_id}"
-    existing = _version_of_model(client, name, run_id, model_id)
+    existing = _version_of_checkpoint(client, name, run_id, checkpoint_id)
     if existing is not None:
         try:
             client.set_registered_model_alias(name, alias, existing)
@@ -109,12 +112,15 @@ def register(model_id: str, run_id: str, name: str, alias: str,
         return Registration(name, existing, alias, created=False)
 
     model_existed = _registered_model_exists(client, name)
-    version = None
+    model_id = version = None
     try:
-        version = mlflow.register_model(model_uri, name, tags=dict(tags)).version
+        model_id = log_model()
+        version = mlflow.register_model(
+            f"models:/{model_id}", name, tags={**tags, CHECKPOINT_TAG: checkpoint_id}
+        ).version
         client.set_registered_model_alias(name, alias, version)
     except BaseException as e:
-        _roll_back(client, name, version, delete_model=not model_existed)
+        _roll_back(client, name, version, delete_model=not model_existed, logged=model_id)
         if isinstance(e, MlflowException):
             raise RegistryError(f"registering run {run_id} as {name!r} failed "
                                 f"(nothing was registered): {e.message}") from None  # fmt: skip
@@ -122,16 +128,26 @@ def register(model_id: str, run_id: str, name: str, alias: str,
     return Registration(name, str(version), alias, created=True)
 
 
+def describe(registration: Registration, model_text: str, version_text: str) -> None:
+    """The registered model's and its version's descriptions (Markdown, on their UI pages)."""
+    client = MlflowClient()
+    client.update_registered_model(registration.name, description=model_text)
+    client.update_model_version(registration.name, registration.version, description=version_text)
+
+
 def tag_version(registration: Registration, key: str, value: str) -> None:
     MlflowClient().set_model_version_tag(registration.name, registration.version, key, value)
 
 
-def _version_of_model(client: MlflowClient, name: str, run_id: str, model_id: str) -> str | None:
+def _version_of_checkpoint(client: MlflowClient, name: str, run_id: str,
+                           checkpoint_id: str) -> str | None:  # fmt: skip
     # Filtering on run_id only: run ids are hex, while registered names may hold quotes. A
-    # version's `source` is the URI it was registered from (its model_id attribute comes back
-    # empty from MLflow 3.17's registry).
+    # version made before versions were tagged with their checkpoint was registered from the
+    # checkpoint itself: its `source` names it (its model_id attribute comes back empty from
+    # MLflow 3.17's registry).
     versions = client.search_model_versions(f"run_id = '{run_id}'")
-    matching = [v.version for v in versions if v.name == name and v.source == f"models:/{model_id}"]
+    matching = [v.version for v in versions if v.name == name and (
+        v.tags.get(CHECKPOINT_TAG) == checkpoint_id or v.source == f"models:/{checkpoint_id}")]  # fmt: skip
     return str(min(matching, key=int)) if matching else None
 
 
@@ -145,12 +161,15 @@ def _registered_model_exists(client: MlflowClient, name: str) -> bool:
         raise RegistryError(f"cannot read registered model {name!r}: {e.message}") from None
 
 
-def _roll_back(client: MlflowClient, name: str, version: str | None, delete_model: bool) -> None:
+def _roll_back(client: MlflowClient, name: str, version: str | None, delete_model: bool,
+               logged: str | None) -> None:  # fmt: skip
     """Best effort: the original error is the one worth reporting."""
     try:
         if delete_model:
             client.delete_registered_model(name)  # deletes its versions too
         elif version is not None:
             client.delete_model_version(name, version)
+        if logged is not None:
+            client.delete_logged_model(logged)
     except MlflowException:
         pass

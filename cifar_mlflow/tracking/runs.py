@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from ..core.errors import UserError
-from .connection import TrackingError, tracking_uri
+from .connection import TrackingError, is_http, tracking_uri, without_credentials
 
 FAILURE_TAG = "failure_reason"  # on FAILED and KILLED runs: why the run did not finish
 JOB_TAG = "job"  # what made a run other than a training: compare, export, sweep
@@ -32,6 +33,10 @@ SWEEP_TAG = "sweep_id"  # the sweep a run belongs to (its parent and its childre
 TUNED_FROM_TAG = "tuned_from"  # on `sweep --tuned` runs: the tune whose settings they train at
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # MLflow's RunStatus names
 UNFINISHED = ("RUNNING", "SCHEDULED")
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# MLflow names a run created without a name "<adjective>-<noun>-<number>" (`mlflow run` without
+# --run-name does): such a run takes the command's name; a name someone gave is kept.
+GENERATED_NAME = re.compile(r"^[a-z]+-[a-z]+-\d{1,3}$")
 # MLflow retries a failed request for ~4 minutes (7 retries, backoff 2 s doubling). Right while
 # working, wrong on the way out after a failure, when the server may be what failed.
 QUICK_EXIT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -81,11 +86,13 @@ def _start(spec: RunSpec) -> mlflow.ActiveRun:
     nested = mlflow.active_run() is not None
     run_id = spec.run_id or launched_run_id()
     if run_id:
+        run = get_run(run_id)
+        mark_model_training(MlflowClient().get_experiment(run.info.experiment_id))
         # The fluent API refuses a run outside its active experiment (this process may have
         # worked in another one before): continue in the run's own.
-        mlflow.set_experiment(experiment_id=get_run(run_id).info.experiment_id)
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
         active = mlflow.start_run(run_id=run_id, nested=nested)
-        if not spec.run_id:  # `mlflow run` made it with a random name: give it the command's
+        if GENERATED_NAME.match(run.info.run_name or ""):  # `mlflow run` without --run-name
             MlflowClient().set_tag(run_id, MLFLOW_RUN_NAME, spec.name)
         return active
     # Not set_experiment(name): it exports MLFLOW_EXPERIMENT_ID into this process's environment,
@@ -96,18 +103,30 @@ def _start(spec: RunSpec) -> mlflow.ActiveRun:
 
 
 def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created if it does not exist. Several processes may create
-    it at once (tests/test_concurrency.py): the one that loses the race reads the winner's."""
+    """The id of experiment `name`, created if it does not exist, in model-training mode
+    (mark_model_training). Several processes may create it at once (tests/test_concurrency.py):
+    the one that loses the race reads the winner's."""
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             found = client.get_experiment_by_name(name)
-    return usable(found).experiment_id
+    mark_model_training(usable(found))
+    return found.experiment_id
+
+
+def mark_model_training(experiment: Experiment) -> None:
+    """The MLflow UI opens an experiment by its kind: GenAI mode (traces, judges, prompts) unless
+    it is tagged for model training (runs, models, the registry). An experiment this tool records
+    into gets that tag, unless someone chose a kind already."""
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+        )
 
 
 def usable(experiment: Experiment) -> Experiment:
@@ -194,6 +213,23 @@ def mark_launched_run(name: str, tags: Mapping[str, str]) -> None:
     if run_id:
         tags = {MLFLOW_RUN_NAME: name, **tags}
         MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def ui_route(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's own route to an experiment or a run (what follows the server's address;
+    its Markdown views resolve it as it is), opening in model-training mode: MLflow 3.17's UI
+    opens every page in GenAI mode unless the address says otherwise or the user flipped its
+    switch (which the browser remembers); it does not read the experiment's kind tag."""
+    run = f"/runs/{run_id}" if run_id else ""
+    return f"#/experiments/{experiment_id}{run}?workflowType=machine_learning"
+
+
+def ui_url(experiment_id: str, run_id: str | None = None) -> str | None:
+    """ui_route on the tracking server, without credentials; None unless runs go to a server."""
+    uri = tracking_uri()
+    if not is_http(uri):
+        return None
+    return f"{without_credentials(uri).rstrip('/')}/{ui_route(experiment_id, run_id)}"
 
 
 def get_run(run_id: str) -> Run:

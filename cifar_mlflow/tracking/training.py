@@ -22,12 +22,14 @@ FACTOR_TAGS = ("model", "activation", "optimizer")  # compare and export select 
 
 
 def training_run(
-    config: TrainConfig, run_id: str | None = None, tags: dict[str, str] | None = None
-) -> RunSpec:
-    """The run a training records into: `run_id` (being resumed), else as RunSpec decides."""
+    config: TrainConfig, run_id: str | None = None, tags: dict[str, str] | None = None,
+    name: str | None = None,
+) -> RunSpec:  # fmt: skip
+    """The run a training records into: `run_id` (being resumed), else as RunSpec decides; named
+    `name`, else by its configuration (`resnet18-relu-sgd-s0`)."""
     return RunSpec(
         experiment=config.experiment,
-        name=config.run_name,
+        name=name or config.run_name,
         tags={**{k: getattr(config, k) for k in FACTOR_TAGS}, **(tags or {})},
         params={**config.as_params(), "torch_version": torch.__version__,
                 "git_commit": git_commit()},

@@ -71,9 +71,14 @@ RESUME = click.Option(["--resume"], metavar="RUN_ID", default=None,
                       help="continue this run after its last completed epoch, with its own settings")  # fmt: skip
 
 
-@click.command(params=[*CONFIG_OPTIONS, NO_SYSTEM_METRICS, RESUME])
+RUN_NAME = click.Option(["--run-name"], metavar="NAME", default=None,
+                        help="name of the MLflow run  [default: its configuration, e.g. "
+                             "resnet18-relu-sgd-s0]")  # fmt: skip
+
+
+@click.command(params=[*CONFIG_OPTIONS, NO_SYSTEM_METRICS, RESUME, RUN_NAME])
 @click.pass_context
-def train(ctx: click.Context, resume: str | None, **options) -> None:
+def train(ctx: click.Context, resume: str | None, run_name: str | None, **options) -> None:
     """Train one model on CIFAR-10 and record it in MLflow."""
     from .job import resumed_config, run_training
     from .progress import EpochReporter
@@ -94,7 +99,5 @@ def train(ctx: click.Context, resume: str | None, **options) -> None:
         except UserError as e:  # a rule between options: click's usage error, like the others
             raise click.UsageError(str(e)) from None
     reporter = EpochReporter(config.epochs)
-    run_id = run_training(
-        config, reporter.on_epoch, reporter.wrap, reporter.on_start, resume=resume
-    )
-    click.echo(f"run {run_id} finished")
+    run_training(config, reporter.on_epoch, reporter.wrap, reporter.on_start, reporter.on_end,
+                 resume=resume, name=run_name)  # fmt: skip

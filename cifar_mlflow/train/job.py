@@ -34,11 +34,14 @@ from ..core.errors import UserError
 from ..core.models import Normalized
 from ..core.selection import BestWeights
 from ..core.signals import Interrupted, StopOnSignal
-from ..tracking import connection, training
+from ..tracking import connection, records, training
 from ..tracking.datasets import log_inputs, run_datasets
 from ..tracking.models import log_checkpoint
 from ..tracking.outbox import CHECKPOINT_FILE, Outbox, download_last_checkpoint, log_missing_epochs
-from ..tracking.runs import check_experiment, launched_run_id, tracked_run
+from ..tracking.runs import check_experiment, get_run, launched_run_id, tracked_run, ui_url
+from .summary import Summary, curves_figure
+
+CURVES_FIGURE = "curves.png"  # the run's artifact: its loss and accuracy per epoch
 
 
 def resumed_config(run_id: str) -> TrainConfig:
@@ -52,17 +55,23 @@ def run_training(
     on_epoch: Callable[[EpochMetrics], None] = lambda m: None,
     wrap: BatchWrapper | None = None,
     on_start: Callable[[str, dict], None] = lambda run_id, facts: None,
+    on_end: Callable[[Summary, str | None], None] = lambda summary, url: None,
     resume: str | None = None,
     tags: dict[str, str] | None = None,
     log_models: bool = True,
+    name: str | None = None,
 ) -> str:
-    """Train as `config` says and return the MLflow run id. With `resume` (a run id), or when
-    `mlflow run` relaunches a run (MLFLOW_RUN_ID) that has a checkpoint, continue that run after
-    its last checkpoint instead of starting over. `tags` go on the run beside its own (a parent
-    run's id, say). `on_epoch` may raise core.engine.StopTraining to end training early: the
-    run then ends FINISHED, tagged `stopped_early` with the reason. `log_models=False` skips
-    the `best` and `final` LoggedModels: a tune's trials only rank settings (measured: logging
-    the two costs ~5 s per run here, bench/bench_model_logging.py)."""
+    """Train as `config` says and return the MLflow run id.
+
+    With `resume` (a run id), or when `mlflow run` relaunches a run (MLFLOW_RUN_ID) that has a
+    checkpoint, continue that run after its last checkpoint instead of starting over. `tags` go
+    on the run beside its own (a parent run's id, say); `name` names a new run (default: its
+    configuration). `on_epoch` may raise core.engine.StopTraining to end training early: the
+    run then ends FINISHED, tagged `stopped_early` with the reason. `on_end` hears how the
+    finished run did and where it opens in the MLflow UI (None without a tracking server).
+    `log_models=False` skips the `best` and `final` LoggedModels: a tune's trials only rank
+    settings (measured: logging the two costs ~5 s per run here, bench/bench_model_logging.py).
+    """
     with StopOnSignal() as stop, tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
         start = _prepare(config, resume, Path(tmp))
         recorder = EpochRecorder(Path(tmp), on_epoch, saved=start.epochs_done)
@@ -72,22 +81,28 @@ def run_training(
 
         opened = None
         try:
-            with tracked_run(training.training_run(config, start.run_id, tags)) as opened:
+            with tracked_run(training.training_run(config, start.run_id, tags, name)) as opened:
                 trainer = Trainer(config, start.data, start.device)
                 done, best = [], BestWeights()
                 if start.state:
                     done, best = checkpoint.restore(trainer, start.state)
-                _record_start(opened, trainer, start.data, done, on_start)
+                facts = _record_start(opened, trainer, start.data, done, on_start)
                 with Outbox(opened) as outbox:
                     recorder.start(trainer, done, best, outbox)
                     result = trainer.fit(recorder, steps, done)
                 training.log_summary_metrics(result.history, result.stopped_early)
+                run = get_run(opened)
+                summary = Summary(opened, run.info.run_name, config, facts, result.history,
+                                  result.stopped_early)  # fmt: skip
+                records.set_description(opened, summary.markdown())
+                records.log_figure(opened, curves_figure(summary), CURVES_FIGURE)
                 if log_models:
                     _log_checkpoints(result, recorder.best, start.data)
         except Interrupted as e:
             if opened:
                 e.add_note(_resume_hint(opened, recorder.saved))
             raise
+        on_end(summary, ui_url(run.info.experiment_id, opened))
         return opened
 
 
@@ -120,9 +135,9 @@ def _prepare(config: TrainConfig, resume: str | None, workdir: Path) -> Start:
 
 
 def _record_start(run_id: str, trainer: Trainer, data: Cifar10, done: list[EpochMetrics],
-                  on_start: Callable[[str, dict], None]) -> None:  # fmt: skip
+                  on_start: Callable[[str, dict], None]) -> dict[str, object]:  # fmt: skip
     """The run's facts and data inputs (a resumed run has them; it gets the epochs its checkpoint
-    holds that the server lacks), then tell the caller."""
+    holds that the server lacks), then tell the caller; returns the facts."""
     facts = _facts(trainer, data)
     if done:
         log_missing_epochs(run_id, done)
@@ -130,6 +145,7 @@ def _record_start(run_id: str, trainer: Trainer, data: Cifar10, done: list[Epoch
         training.log_facts(facts)
         log_inputs(run_datasets(data))
     on_start(run_id, facts)
+    return facts
 
 
 class EpochRecorder:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import shutil
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
 
 from ..core.engine import EpochMetrics
 from .events import Epoch, EventWriter, Started
+
+if TYPE_CHECKING:
+    from .summary import Summary
 
 
 class EpochReporter:
@@ -52,3 +56,18 @@ class EpochReporter:
         self.events.send(
             Epoch(m.epoch, self.epochs, m.train_loss, m.test_acc, m.images_per_second, m.val_acc)
         )
+
+    def on_end(self, summary: Summary, url: str | None) -> None:
+        """One line once the run has finished: how it did, how long it took, where it is."""
+        where = f"; {url}" if url else ""
+        click.echo(f"run {summary.run_id} finished: {summary.name} in {duration(summary.seconds)} "
+                   f"on {summary.facts['device_used']}; {summary.judged()}{where}")  # fmt: skip
+
+
+def duration(seconds: float) -> str:
+    """'45s', '3m12s', '1h02m'."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (
+        f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    )

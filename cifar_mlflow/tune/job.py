@@ -31,7 +31,14 @@ from ..tracking import connection, sweeps, tuning
 from ..tracking.runs import FINISHED, tracked_run
 from ..train.job import run_training
 from .charts import val_acc_vs_lr
-from .progress import ConfigurationTrials, TrialLines, best_trial, summary_columns, summary_text
+from .progress import (
+    ConfigurationTrials,
+    TrialLines,
+    best_trial,
+    settings_text,
+    summary_columns,
+    summary_text,
+)
 from .ranges import DEFAULT_LR_RANGES, SEARCHED
 from .search import EpochWatch, Search, Space, open_storage
 
@@ -226,6 +233,7 @@ def run_local_trial(search: Search, base: TrainConfig, tags: dict[str, str], nam
             on_epoch=watch,
             tags=tuning.with_trial(tags, str(trial.number)),
             log_models=False,  # a trial ranks a setting; the finals (`sweep --tuned`) keep models
+            name=f"{label} ({settings_text(drawn)})",
         )
     except Diverged as e:  # its run ended FAILED with the reason; the tune goes on
         search.end(trial, "failed")

@@ -21,7 +21,7 @@ from ..sweep.job import Execution
 from ..sweep.ray_executor import fit_trials, import_ray
 from ..tracking import tuning
 from ..train.job import run_training
-from .progress import TrialLines
+from .progress import TrialLines, settings_text
 from .search import Search
 
 
@@ -82,7 +82,8 @@ def ray_trial(drawn: dict, base: TrainConfig, tags: dict[str, str], uri: str) ->
     config = dataclasses.replace(base, **drawn)
     trial = tune.get_context().get_trial_id()
     run_training(config, on_epoch=report, tags=tuning.with_trial(tags, trial), log_models=False,
-                 on_start=lambda run_id, facts: run.update(run_id=run_id))  # fmt: skip
+                 on_start=lambda run_id, facts: run.update(run_id=run_id),
+                 name=f"{config.run_name} trial {trial} ({settings_text(drawn)})")  # fmt: skip
 
 
 class TuneTrials:
