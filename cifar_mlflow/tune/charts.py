@@ -1,6 +1,6 @@
 """A configuration's trials as a chart: best val accuracy against learning rate (log axis),
 coloured by how each trial ended. A tune has a few configurations, so a plain matplotlib figure
-each (~0.1 s) needs none of compare's stencils. Failed and killed trials have no accuracy to
+each (~0.1 s). Failed and killed trials have no accuracy to
 show: they sit on the x axis, as crosses, so a diverging range is seen where it starts."""
 
 from __future__ import annotations
