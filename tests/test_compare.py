@@ -316,10 +316,15 @@ def test_compare_logs_charts_table_and_report_matching_the_runs(study, tracking,
         html.count('src="data:image/png;base64,') == len(written) and 'src="comparisons' not in html
     )
     description = run.data.tags["mlflow.note.content"]
-    assert "### Differences" in description and "### Claims" in description
+    assert "#### Differences" in description and "#### The study's claims" in description
+    # No Markdown table (the UI draws them without padding), and only links the UI resolves.
+    assert "\n|" not in description and "](table.csv)" not in description
     experiment_id = run.info.experiment_id
     for run_id in (i for k, v in ids.items() if k != "failed" for i in v):
-        assert f"(#/experiments/{experiment_id}/runs/{run_id})" in description
+        assert f"(#/experiments/{experiment_id}/runs/{run_id}?workflowType=" in description
+    for name in ("report.html", "table.csv", "differences.csv"):
+        route = f"#/experiments/{experiment_id}/runs/{run.info.run_id}/artifacts/{name}?"
+        assert f"[{name}]({route}" in description
 
     rows = {row["activation"] + "/" + row["optimizer"] + "/" + row["model"]: row
             for row in read_table(out)}  # fmt: skip

@@ -41,16 +41,27 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Items:
+    """A bulleted list, an item per line of text (with links)."""
+
+    items: tuple[tuple[Text, ...], ...]
+
+
+@dataclass(frozen=True)
 class Image:
     path: str  # relative to the report's folder
     alt: str
 
 
-Block = Heading | Paragraph | Table | Image
+Block = Heading | Paragraph | Items | Table | Image
 
 
 def paragraph(*parts: Text) -> Paragraph:
     return Paragraph(parts)
+
+
+def items(*lines: tuple[Text, ...] | Text) -> Items:
+    return Items(tuple(line if isinstance(line, tuple) else (line,) for line in lines))
 
 
 def table(header, rows) -> Table:
@@ -78,6 +89,8 @@ def to_markdown(blocks: list[Block]) -> str:
             lines += ["#" * block.level + " " + block.text, ""]
         elif isinstance(block, Paragraph):
             lines += ["".join(_md_text(p) for p in block.parts), ""]
+        elif isinstance(block, Items):
+            lines += ["- " + "".join(_md_text(p) for p in item) for item in block.items] + [""]
         elif isinstance(block, Table):
             lines.append("| " + " | ".join(block.header) + " |")
             lines.append("|" + "---|" * len(block.header))
@@ -120,6 +133,10 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
             body.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
         elif isinstance(block, Paragraph):
             body.append("<p>" + "".join(_html_text(p) for p in block.parts) + "</p>")
+        elif isinstance(block, Items):
+            listed = "".join("<li>" + "".join(_html_text(p) for p in item) + "</li>"
+                             for item in block.items)  # fmt: skip
+            body.append(f"<ul>{listed}</ul>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
             rows = "".join(

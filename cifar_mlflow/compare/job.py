@@ -12,12 +12,11 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode
 
 from ..tracking import connection, records
 from ..tracking.connection import is_http
 from ..tracking.history import fetch_histories
-from ..tracking.runs import JOB_TAG, TUNED_FROM_TAG, RunSpec, tracked_run, ui_route
+from ..tracking.runs import JOB_TAG, TUNED_FROM_TAG, RunSpec, get_run, tracked_run, ui_route
 from ..tracking.training_runs import Selection, SelectionError, training_runs
 from . import report
 from .study import Curve, RunRecord, effective_config
@@ -108,8 +107,10 @@ def _write_and_upload(
     def file_href(run: RunRecord) -> str | None:  # from a file, the server's address is needed
         return f"{uri.rstrip('/')}/{ui_href(run)}" if is_http(uri) else None
 
-    def artifact_href(path: str) -> str:  # relative: the UI's root, wherever it is served
-        return f"get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}"
+    experiment_id = get_run(run_id).info.experiment_id
+
+    def artifact_href(path: str) -> str:  # the run's artifact viewer, a route like ui_href
+        return ui_route(experiment_id, run_id, f"artifacts/{path}")
 
     with records.Uploads(run_id, folder) as upload:
         written = report.write_report(runs, folder, described, upload, file_href, ui_href,

@@ -215,13 +215,15 @@ def mark_launched_run(name: str, tags: Mapping[str, str]) -> None:
         MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def ui_route(experiment_id: str, run_id: str | None = None) -> str:
-    """The MLflow UI's own route to an experiment or a run (what follows the server's address;
-    its Markdown views resolve it as it is), opening in model-training mode: MLflow 3.17's UI
-    opens every page in GenAI mode unless the address says otherwise or the user flipped its
-    switch (which the browser remembers); it does not read the experiment's kind tag."""
+def ui_route(experiment_id: str, run_id: str | None = None, page: str = "") -> str:
+    """The MLflow UI's own route to an experiment, a run, or a run's `page` (`artifacts/x.csv`)
+    (what follows the server's address; its Markdown views resolve it as it is), opening in
+    model-training mode: MLflow 3.17's UI opens every page in GenAI mode unless the address says
+    otherwise or the user flipped its switch (which the browser remembers); it does not read the
+    experiment's kind tag."""
     run = f"/runs/{run_id}" if run_id else ""
-    return f"#/experiments/{experiment_id}{run}?workflowType=machine_learning"
+    page = f"/{page}" if page else ""
+    return f"#/experiments/{experiment_id}{run}{page}?workflowType=machine_learning"
 
 
 def ui_url(experiment_id: str, run_id: str | None = None) -> str | None:
