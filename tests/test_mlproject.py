@@ -12,6 +12,7 @@ import mlflow
 import pytest
 import tomllib
 import yaml
+from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.cli import cli
 from cifar_mlflow.core.config import TrainConfig
@@ -98,6 +99,17 @@ def test_mlflow_run_trains_and_tracks(image_folder, tracking, mlflow_server):
     assert run.data.params["epochs"] == "1"
     assert set(run.data.metrics) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr",
                                      "epoch_seconds", "images_per_second", "final_test_acc"}  # fmt: skip
-    # `mlflow run` made this run and our code logged into it, rather than into a second run.
+    # `mlflow run` made this run and our code logged into it, rather than into a second run,
+    # named for what it trains instead of MLflow's random name.
     assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.info.run_name == "resnet18-sigmoid-sgd-s0"
+    experiment = mlflow.get_experiment_by_name(tracking)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # What the user sees: its curves and description, one line at the end, no library noise.
+    assert "curves.png" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert "**Best epoch 1** of 1, chosen on validation" in run.data.tags["mlflow.note.content"]
+    assert f"run {run.info.run_id} finished: resnet18-sigmoid-sgd-s0 in " in result.stdout
+    # (`mlflow run` itself, the parent process, prints its own "View run" link and INFO lines.)
+    for noise in ("No complete tensor", "system_metrics_monitor", "Traceback", "warning:"):
+        assert noise not in result.stdout + result.stderr, noise
     assert run.data.params["model_params"] == "11173962"

@@ -31,9 +31,10 @@ def train(*args: str):
 @pytest.mark.parametrize("layout", ["image_folder", "torchvision_dir"])
 def test_train_records_everything(layout, request, tracking):
     data_dir = request.getfixturevalue(layout)
-    result = train(
-        *tiny_train_args(data_dir, tracking, "--model", "ghost_resnet18", "--val-size", "20")
-    )
+    # A name given on the command line wins over the configuration's (one layout is enough).
+    named = ("--run-name", "my first run") if layout == "image_folder" else ()
+    result = train(*tiny_train_args(data_dir, tracking, "--model", "ghost_resnet18",
+                                    "--val-size", "20", *named))  # fmt: skip
     assert result.exit_code == 0, result.output
 
     # Not a terminal: one summary line per epoch, no progress bar.
@@ -43,7 +44,8 @@ def test_train_records_everything(layout, request, tracking):
     run = only_run(tracking)
     client = MlflowClient()
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "ghost_resnet18-relu-sgd-s0"
+    assert run.info.run_name == ("my first run" if named else "ghost_resnet18-relu-sgd-s0")
+    assert f"run {run.info.run_id} finished: {run.info.run_name} in " in result.output
     params = run.data.params
     assert params["model"] == "ghost_resnet18" and params["lr"] == "0.01"
     assert params["model_params"] == "5706186"
@@ -68,7 +70,7 @@ def test_train_records_everything(layout, request, tracking):
     assert metrics["model_params"] == 5706186
     # Storage stays bounded: the two LoggedModels live with the models; the run holds the
     # resume checkpoint only.
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"resume"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"resume", "curves.png"}
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], output_format="list"
     )

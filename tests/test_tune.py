@@ -262,6 +262,12 @@ def test_runs_nest_and_each_configuration_holds_its_best_lr(scenario):
         assert configuration.data.tags[PARENT_TAG] == parent.info.run_id
         trials = [r for name, r in found.items() if name.startswith(f"{optimizer} trial")]
         assert {r.data.tags[PARENT_TAG] for r in trials} == {configuration.info.run_id}
+        # Each trial's run is named apart from its configuration's, with its number and lr.
+        for trial in trials:
+            lr = float(trial.data.params["lr"])
+            number = trial.data.tags[TRIAL_TAG]
+            named = f"resnet18-relu-{optimizer}-s113 trial {number} (lr {lr:.3g})"
+            assert trial.info.run_name == named
         [best] = [r for r in trials if r.info.status == "FINISHED"]
         assert configuration.data.tags["best_trial_run"] == best.info.run_id
         assert float(configuration.data.tags["tuned_lr"]) == pytest.approx(
