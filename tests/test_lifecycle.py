@@ -17,12 +17,15 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow.core.errors import UserError
 from cifar_mlflow.tracking.runs import FAILURE_TAG, RunSpec, end_abandoned, tracked_run
 
+from .conftest import on_both_stores
+
 
 def spec(experiment: str, **changes) -> RunSpec:
     return RunSpec(**{"experiment": experiment, "name": "lifecycle", "tags": {"job": "test"},
                       "params": {"answer": 42}, **changes})  # fmt: skip
 
 
+@on_both_stores
 def test_a_run_that_completes_is_finished_with_its_tags_and_params(tracking):
     with tracked_run(spec(tracking)) as run_id:
         assert mlflow.active_run().info.run_id == run_id
@@ -88,6 +91,7 @@ def test_a_continued_run_drops_its_earlier_failure_reason(tracking):
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 
+@on_both_stores
 def test_a_run_left_running_by_a_dead_process_is_ended_failed_and_an_ended_one_kept(tracking):
     client = MlflowClient()
     experiment_id = client.create_experiment(tracking)

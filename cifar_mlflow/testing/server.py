@@ -1,5 +1,5 @@
-"""Real servers on 127.0.0.1 and a free port: `mlflow server` with a sqlite store, or any other
-that answers /health (a test's `mlflow models serve`). Each runs in its own process group (they
+"""Real servers on 127.0.0.1 and a free port: `mlflow server` with a sqlite store (or another
+database: testing/postgres.py), or any other that answers /health (a test's `mlflow models serve`). Each runs in its own process group (they
 spawn workers) and is stopped as a whole."""
 
 from __future__ import annotations
@@ -72,16 +72,18 @@ class LocalServer:
 
 
 class MlflowServer(LocalServer):
-    """`mlflow server` over root/mlflow.db and root/artifacts, one worker."""
+    """`mlflow server` over root/mlflow.db (or `store`, a database URI) and root/artifacts, one
+    worker."""
 
-    def __init__(self, root: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), store: str | None = None):
         self.extra_args = extra_args
+        self.store = store or f"sqlite:///{root / 'mlflow.db'}"
         super().__init__(root)
 
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--backend-store-uri", self.store,
             "--artifacts-destination", str(self.root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *self.extra_args,
         ]  # fmt: skip
