@@ -71,7 +71,8 @@ def postgres_server():
 
 @pytest.fixture(scope="session")
 def postgres_mlflow_server(postgres_server, tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-postgres"), store=postgres_server.uri)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-postgres"), store=postgres_server.uri,
+                          env=postgres_server.env)  # fmt: skip
     try:
         server.wait_ready()
         yield server

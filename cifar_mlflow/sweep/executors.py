@@ -34,6 +34,7 @@ from ..core.errors import UserError
 from ..tracking.runs import FAILED, KILLED
 from ..tracking.sweeps import settle_child
 from ..train.events import EVENTS_FD, Event, as_dict, from_dict, read_events
+from .cluster import record_node, runtime_env
 
 ERROR_LINE = re.compile(r"^error: (.+)")
 OUTPUT_LINES_KEPT = 200  # of a failed process, logged to its run (tracking.sweeps)
@@ -319,12 +320,13 @@ def check_ray_address(address: str | None) -> None:
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Join the cluster at `address`, or start a local Ray instance for the sweep."""
+    """Join the cluster at `address`, or start a local Ray instance for the sweep ("local": not
+    one that `ray start` left running here). The trials get this package from the driver."""
     ray, _ = import_ray()
     check_ray_address(address)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)  # fmt: skip
+        ray.init(address=address or "local", runtime_env=runtime_env(), include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)  # fmt: skip
     except ConnectionError as e:
         raise UserError(f"cannot join Ray at {address}: {str(e).splitlines()[0]}") from None
     try:
@@ -356,6 +358,7 @@ def _trial(config: dict, launches: Mapping[int, Launch]) -> None:
     from ray import tune
 
     spec = launches[config["index"]]
+    record_node(spec.env["MLFLOW_TRACKING_URI"], spec.run_id)
     # None is no value for a Tune result (val_acc without a validation split): left out.
     outcome = launch(
         spec, lambda event: tune.report({k: v for k, v in as_dict(event).items() if v is not None})

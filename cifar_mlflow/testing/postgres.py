@@ -3,13 +3,16 @@ in: Debian's `postgresql` package (its binaries in /usr/lib/postgresql/<version>
 cluster made by initdb in a temporary folder, a database `mlflow` owned by a user `mlflow`.
 
 PostgreSQL refuses to run as root: as root, initdb and pg_ctl run as the `postgres` system user
-the package creates, in a folder that user owns; otherwise as the current user."""
+the package creates, in a folder that user owns; otherwise as the current user. The database is
+set up as README's team setup says (createuser, createdb, a password); connections over TCP need
+the password (PGPASSWORD in `env`), those on the server's own socket (setting up) do not."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -47,12 +50,15 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="cifar-mlflow-pg-"))
         self.port = free_port()
         self.uri = f"postgresql+psycopg://{USER}@127.0.0.1:{self.port}/{DATABASE}"
+        self.env = {**os.environ, "PGPASSWORD": secrets.token_hex(16)}  # for an mlflow server
+        self.commands: list[list[str]] = []  # the set-up commands, as run
         self.started = False
         try:
             if self.as_user:
                 shutil.chown(self.root, self.as_user)
             self._server("initdb", "-D", str(self.root / "data"), "-U", SERVER_USER,
-                         "--auth=trust", "-E", "UTF8", "--no-sync")  # fmt: skip
+                         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                         "--no-sync")  # fmt: skip
             options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
             options += "" if durable else " -c fsync=off -c synchronous_commit=off"
             self._server("pg_ctl", "-D", str(self.root / "data"), "-o", options,
@@ -61,6 +67,8 @@ class PostgresServer:
             self.started = True
             self._client("createuser", USER)
             self._client("createdb", "--owner", USER, DATABASE)
+            password = self.env["PGPASSWORD"]
+            self._client("psql", "--command", f"ALTER USER {USER} PASSWORD '{password}'")
         except BaseException:
             self.stop()
             raise
@@ -70,8 +78,11 @@ class PostgresServer:
         _run([*prefix, str(self.bin / program), *args])
 
     def _client(self, program: str, *args: str) -> None:
-        _run([str(self.bin / program), "--host", "127.0.0.1", "--port", str(self.port),
-              "--username", SERVER_USER, *args])  # fmt: skip
+        """As the superuser, on the server's socket."""
+        command = [str(self.bin / program), "--host", str(self.root), "--port", str(self.port),
+                   "--username", SERVER_USER, *args]  # fmt: skip
+        _run(command)
+        self.commands.append(command)
 
     def log(self) -> str:
         path = self.root / "server.log"

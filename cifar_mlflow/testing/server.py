@@ -72,13 +72,14 @@ class LocalServer:
 
 
 class MlflowServer(LocalServer):
-    """`mlflow server` over root/mlflow.db (or `store`, a database URI) and root/artifacts, one
-    worker."""
+    """`mlflow server` over root/mlflow.db (or `store`, a database URI; `env` with its password)
+    and root/artifacts, one worker."""
 
-    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), store: str | None = None):
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), store: str | None = None,
+                 env: dict[str, str] | None = None):  # fmt: skip
         self.extra_args = extra_args
         self.store = store or f"sqlite:///{root / 'mlflow.db'}"
-        super().__init__(root)
+        super().__init__(root, env)
 
     def command(self) -> list[str]:
         return [

@@ -71,10 +71,10 @@ def run_tune(grid: Grid, base: TrainConfig, tune_id: str, settings: TuneSettings
              execution: Execution, storage_path: str) -> None:  # fmt: skip
     configs = expand(base, grid.axes, (base.seed,))
     check_configs(configs, grid, settings)
-    uri = connection.connect()
     on_ray = execution.executor == "ray"
     if on_ray:
-        check_ray(execution, uri)
+        check_ray(execution, connection.tracking_uri(), configs)
+    uri = connection.connect()
     earlier = tuning.earlier_runs(sweeps.sweep_experiment(base.experiment, create=False), tune_id)
     path = Path(storage_path)
     if earlier.parent is not None and not path.exists():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..core.config import TrainConfig
 from ..core.engine import EpochMetrics
+from ..sweep.cluster import node_tags
 from ..sweep.executors import import_ray
 from ..sweep.job import Execution
 from ..tracking import tuning
@@ -86,7 +87,8 @@ def ray_trial(drawn: dict, base: TrainConfig, tags: dict[str, str], uri: str) ->
 
     config = dataclasses.replace(base, **drawn)
     trial = tune.get_context().get_trial_id()
-    run_training(config, on_epoch=report, tags=tuning.with_trial(tags, trial), log_models=False,
+    run_training(config, on_epoch=report, tags={**tuning.with_trial(tags, trial), **node_tags()},
+                 log_models=False,
                  on_start=lambda run_id, facts: run.update(run_id=run_id))  # fmt: skip
 
 
