@@ -34,7 +34,10 @@ class RayCluster:
 
     def __init__(self, root: Path, workers: int):
         self.root = root
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    # The nodes share this machine with everything else, whose memory Ray's
+                    # memory monitor would count as theirs and kill trials for.
+                    "RAY_memory_monitor_refresh_ms": "0"}  # fmt: skip
         self.env.pop("RAY_ADDRESS", None)
         self.port = free_port()
         self.address = f"127.0.0.2:{self.port}"
@@ -42,8 +45,7 @@ class RayCluster:
         self.commands: list[list[str]] = []
         try:
             self._start("head", HEAD_COMMAND.format(port=self.port), "127.0.0.2",
-                        "--dashboard-port", str(free_port()),
-                        "--ray-client-server-port", str(free_port()))  # fmt: skip
+                        "--dashboard-port", str(free_port()))  # fmt: skip
             decoy = root / "decoy"
             (decoy / "cifar_mlflow").mkdir(parents=True)
             (decoy / "cifar_mlflow" / "__init__.py").write_text(DECOY)

@@ -130,3 +130,50 @@ def test_a_tune_spreads_its_trials_over_the_nodes(
     trials = [r for r in runs_of(experiment) if TRIAL_TAG in r.data.tags]
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
     assert len({r.data.tags[NODE_TAG] for r in trials}) == 2
+
+
+# ---- README's team setup is what the suite runs ----
+
+
+def readme_team_setup() -> list[str]:
+    """The command lines of README's team setup, without comments."""
+    section = (PROJECT_ROOT / "README.md").read_text().split("## Team setup", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], re.S)[1]
+    return [line.split("  #")[0].strip() for line in block.splitlines()
+            if line.strip() and not line.startswith("#")]  # fmt: skip
+
+
+def program_and_options(argv: list[str]) -> tuple[str, set[str]]:
+    """('mlflow server', {'--port', ...}) for an argv; a program by its file name, `python -m
+    cifar_mlflow` and `python -m mlflow` by the command they run."""
+    words = [Path(argv[0]).name, *argv[1:]]
+    if words[0].startswith("python") and words[1] == "-m":
+        words = [words[2].replace("_", "-"), *words[3:]]
+    has_command = words[0] in ("mlflow", "ray", "cifar-mlflow")
+    program = " ".join(words[:2]) if has_command else words[0]
+    return program, {w.split("=")[0] for w in words if w.startswith("--")}
+
+
+@pytest.mark.slow
+@needs_ray
+def test_every_team_setup_command_in_the_readme_is_one_the_suite_runs(
+    cluster, postgres_server, postgres_mlflow_server
+):
+    ran = [*postgres_server.commands, postgres_mlflow_server.command(), *cluster.commands,
+           ["cifar-mlflow", *SWEEP], ["cifar-mlflow", *TUNE]]  # fmt: skip
+    environment = {*cluster.env, *postgres_server.env, "MLFLOW_TRACKING_URI"}
+    suite = [program_and_options(argv) for argv in ran]
+    lines = readme_team_setup()
+    assert len(lines) == 10
+    for line in lines:
+        words = shlex.split(line.removeprefix("sudo -u postgres "))
+        if words[0] == "export":
+            assert {w.split("=")[0] for w in words[1:]} <= environment, line
+            continue
+        while re.match(r"^[A-Z_]+=", words[0]):  # VAR=value command ...
+            assert words.pop(0).split("=")[0] in environment, line
+        program, options = program_and_options(words)
+        assert any(p == program and options <= o for p, o in suite), line
+    store = postgres_mlflow_server.command()
+    assert store[store.index("--backend-store-uri") + 1].startswith("postgresql+psycopg://mlflow@")
+    assert "postgresql+psycopg://mlflow@" in " ".join(lines)
