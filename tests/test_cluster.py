@@ -7,7 +7,6 @@ report is made. What a node could not reach is refused before anything starts, i
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shlex
 import subprocess
@@ -80,19 +79,19 @@ def cluster(tmp_path_factory):
         started.stop()
 
 
-def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path, experiment: str,
-               *extra: str) -> subprocess.CompletedProcess:  # fmt: skip
-    """The real command line, where README's team setup runs it: the tracking server's URI and
-    the cluster's token in the environment."""
+def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path,
+               *extra: str) -> list[mlflow.entities.Run]:  # fmt: skip
+    """The real command line, where README's team setup runs it (the tracking server's URI and
+    the cluster's token in the environment), into an experiment of its own: its runs."""
+    experiment = f"team-{uuid.uuid4().hex[:8]}"
     argv = [a.format(head=cluster.address, data=data) for a in args]
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "cifar_mlflow", *argv, "--experiment", experiment, *extra],
         env={**cluster.env, "MLFLOW_TRACKING_URI": server.uri}, capture_output=True, text=True,
         timeout=600, check=False,
     )  # fmt: skip
-
-
-def runs_of(experiment: str) -> list:
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(server.uri)
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
@@ -101,12 +100,8 @@ def runs_of(experiment: str) -> list:
 def test_a_sweep_spreads_over_the_nodes_and_every_run_reaches_the_server(
     cluster, postgres_mlflow_server, image_folder, tmp_path
 ):
-    experiment = f"team-{uuid.uuid4().hex[:8]}"
-    result = on_cluster(SWEEP, cluster, postgres_mlflow_server, image_folder, experiment,
-                        "--sweep-id", "spread", "--output-dir", str(tmp_path))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    mlflow.set_tracking_uri(postgres_mlflow_server.uri)
-    found = runs_of(experiment)
+    found = on_cluster(SWEEP, cluster, postgres_mlflow_server, image_folder,
+                       "--sweep-id", "spread", "--output-dir", str(tmp_path))  # fmt: skip
     children = [r for r in found if CONFIG_TAG in r.data.tags]
     [parent] = [r for r in found if r.data.tags.get("job") == "sweep"]
     assert sorted(r.data.params["activation"] for r in children) == ["gelu", "relu"]
@@ -122,12 +117,9 @@ def test_a_sweep_spreads_over_the_nodes_and_every_run_reaches_the_server(
 def test_a_tune_spreads_its_trials_over_the_nodes(
     cluster, postgres_mlflow_server, image_folder, tmp_path
 ):
-    experiment = f"team-{uuid.uuid4().hex[:8]}"
-    result = on_cluster(TUNE, cluster, postgres_mlflow_server, image_folder, experiment,
-                        "--tune-id", "spread", "--storage", str(tmp_path / "study.db"))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    mlflow.set_tracking_uri(postgres_mlflow_server.uri)
-    trials = [r for r in runs_of(experiment) if TRIAL_TAG in r.data.tags]
+    found = on_cluster(TUNE, cluster, postgres_mlflow_server, image_folder,
+                       "--tune-id", "spread", "--storage", str(tmp_path / "study.db"))  # fmt: skip
+    trials = [r for r in found if TRIAL_TAG in r.data.tags]
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
     assert len({r.data.tags[NODE_TAG] for r in trials}) == 2
 
