@@ -13,9 +13,9 @@ that none of them has created. Both servers are `mlflow server` with one worker
 (cifar_mlflow.testing.postgres). Per store and N it records: runs FINISHED; metric points lost
 (an epoch's value missing from a run's history) and duplicated (a step logged twice), read back
 from every run's history; the errors the server answered (4xx, 5xx: a busy server's, retried by
-MLflow's client or the outbox, or a run is lost) and the outbox's retry streaks; p50 and p99 of an epoch's log latency (from
-`put` to the last of its metrics on the server); the wall time. Writes docs/scale.json and
-docs/scale.md.
+MLflow's client or the outbox, or a run is lost) and the outbox's retry streaks; p50 and p99 of
+an epoch's log latency (from `put` to the last of its metrics on the server); the wall time.
+Writes docs/scale.json and docs/scale.md.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def write_report(results: dict, setup: dict) -> None:
         json.dumps({"setup": setup, "results": results}, indent=2) + "\n"
     )
     header = ("| store | runs at once | FINISHED | metric points lost | doubled | server errors "
-              "(retried) / requests | outbox retry streaks | epoch log p50 | p99 | wall |")  # fmt: skip
+              "(retried) / requests | outbox retry streaks | epoch log p50 | p99 | wall |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for store, rows in results.items():
         for r in rows:

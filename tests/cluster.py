@@ -25,7 +25,7 @@ from cifar_mlflow.testing.server import free_port
 HEAD_COMMAND = "ray start --head --port {port} --num-cpus 0"
 WORKER_COMMAND = "ray start --address {head} --num-cpus 1"
 START_SECONDS = 120
-DECOY = '''raise ImportError("this node's own cifar_mlflow: a trial must run the driver's, shipped by Ray")\n'''
+DECOY = 'raise ImportError("this node\'s own cifar_mlflow: a trial runs the driver\'s, from Ray")\n'
 
 
 class RayCluster:
@@ -63,7 +63,8 @@ class RayCluster:
         ray, *args = shlex.split(command)  # `ray` of this interpreter's environment
         argv = [str(Path(sys.executable).with_name(ray)), *args, "--block", "--node-ip-address", ip,
                 "--temp-dir", str(self.root), "--dashboard-agent-listen-port", str(free_port()),
-                "--object-store-memory", str(80 * 1024**2), "--disable-usage-stats", *extra]  # fmt: skip
+                "--object-store-memory", str(80 * 1024**2), "--disable-usage-stats",
+                *extra]  # fmt: skip
         log = self.root / f"{name}.log"
         with open(log, "wb") as out:
             self.nodes.append(subprocess.Popen(

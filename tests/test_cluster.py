@@ -53,13 +53,14 @@ TUNE = ("tune", "--executor", "ray", "--ray-address", "{head}", "--data-dir", "{
      (None, "data", "--data-dir 'data' is relative: each node of the Ray cluster 127.0.0.1:9 "
                     "would read it from its own working directory")],
 )  # fmt: skip
-def test_what_a_node_cannot_reach_is_refused_in_one_line(command, uri, data_dir, message,
-                                                         tracking, monkeypatch, tmp_path):  # fmt: skip
+def test_what_a_node_cannot_reach_is_refused_in_one_line(
+    command, uri, data_dir, message, tracking, monkeypatch, tmp_path
+):
     monkeypatch.chdir(tmp_path)
     if uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     result = CliRunner().invoke(cli, [command, "--experiment", tracking, "--data-dir", data_dir,
-                                      "--executor", "ray", "--ray-address", "127.0.0.1:9"])  # fmt: skip
+                                      "--executor", "ray", "--ray-address", "127.0.0.1:9"])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -69,7 +69,8 @@ def test_runs_racing_for_a_dataset_row_all_get_their_inputs(tracking, monkeypatc
         assert errors == []
         for run_id in run_ids:
             inputs = client.get_run(run_id).inputs.dataset_inputs
-            assert sorted(i.dataset.digest for i in inputs) == sorted(f"{s}-digest" for s in CONTEXTS)
+            digests = sorted(i.dataset.digest for i in inputs)
+            assert digests == sorted(f"{split}-digest" for split in CONTEXTS)
         if len(calls) > len(CONTEXTS) * RUNS * (round_ + 1):
             return  # some runs lost the race, and their retry linked them to the winner's row
     raise AssertionError(f"no run lost the race in {ROUNDS} rounds of {RUNS}")

@@ -1,7 +1,8 @@
 """The one run lifecycle every command uses (tracking.runs.tracked_run), against the real server:
 FINISHED on success, FAILED with failure_reason on an error, KILLED on SIGINT or SIGTERM (sent
 for real), the run `mlflow run` made is the one recorded into, and a continued run loses the
-failure reason of its earlier attempt."""
+failure reason of its earlier attempt. A run's lifecycle, and a dead process's run ended for it, on
+PostgreSQL too."""
 
 from __future__ import annotations
 
