@@ -10,7 +10,8 @@ a fake epoch loop that sleeps --epoch-seconds, then puts the epoch's nine metric
 checkpoint file (CHECKPOINT_BYTES) to the outbox. All N runs start together in one experiment
 that none of them has created. Both servers are `mlflow server` with one worker
 (cifar_mlflow.testing.server), the PostgreSQL one on a local PostgreSQL with fsync on
-(cifar_mlflow.testing.postgres). Per store and N it records: runs FINISHED; metric points lost
+(cifar_mlflow.testing.postgres), each with MLflow's default pool of database connections and
+with a pool of 40 (POOLS): the baseline and the setting docs/scale.md advises. Per store and N it records: runs FINISHED; metric points lost
 (an epoch's value missing from a run's history) and duplicated (a step logged twice), read back
 from every run's history; the errors the server answered (4xx, 5xx: a busy server's, retried by
 MLflow's client or the outbox, or a run is lost) and the outbox's retry streaks; p50 and p99 of
@@ -39,6 +40,14 @@ sys.path.insert(0, str(ROOT))
 
 RUNS = (8, 32, 64)
 STORES = ("sqlite", "postgresql")
+# The server's database connections: MLflow's defaults (SQLAlchemy's pool of 5 + 10), and a pool
+# as large as one server worker's request threads (anyio's 40), so that no request waits for a
+# connection: a wait over 30 s is answered 400, which no MLflow client retries.
+POOLS = {
+    "default pool": {},
+    "pool of 40": {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10",
+                   "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "30"},
+}  # fmt: skip
 EPOCHS = 40
 EPOCH_SECONDS = 0.25
 CHECKPOINT_BYTES = 64 * 1024
@@ -178,14 +187,15 @@ def percentile(values: list[float], q: int) -> float | None:
 # ---- the servers, the report ----
 
 
-def start_server(store: str, root: Path):
-    """`mlflow server` on sqlite, or on a PostgreSQL started here (with fsync, like sqlite's)."""
+def start_server(store: str, pool: str, root: Path):
+    """`mlflow server` on sqlite, or on a PostgreSQL started here (with fsync, like sqlite's),
+    with the `pool` of database connections."""
     from cifar_mlflow.testing.postgres import PostgresServer
     from cifar_mlflow.testing.server import MlflowServer
 
     database = PostgresServer(durable=True) if store == "postgresql" else None
-    server = MlflowServer(root, store=database.uri if database else None,
-                          env=database.env if database else None)  # fmt: skip
+    env = {**(database.env if database else os.environ), **POOLS[pool]}
+    server = MlflowServer(root, store=database.uri if database else None, env=env)
     server.wait_ready()
     return server, database
 
@@ -194,13 +204,13 @@ def write_report(results: dict, setup: dict) -> None:
     (ROOT / "docs" / "scale.json").write_text(
         json.dumps({"setup": setup, "results": results}, indent=2) + "\n"
     )
-    header = ("| store | runs at once | FINISHED | metric points lost | doubled | server errors "
+    header = ("| store | server | runs at once | FINISHED | metric points lost | doubled | server errors "
               "(retried) / requests | outbox retry streaks | epoch log p50 | p99 | wall |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
-    for store, rows in results.items():
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for setting, rows in results.items():
         for r in rows:
             lines.append(
-                f"| {store} | {r['runs']} | {r['finished']}/{r['runs']} | {r['metrics_lost']} of "
+                f"| {setting.replace(', ', ' | ')} | {r['runs']} | {r['finished']}/{r['runs']} | {r['metrics_lost']} of "
                 f"{r['metrics_expected']} | {r['metrics_doubled']} | {r['server_errors']} / "
                 f"{r['server_requests']} | {r['retry_streaks']} | {seconds(r['p50_seconds'])} | "
                 f"{seconds(r['p99_seconds'])} | {r['wall_seconds']:.0f} s |"
@@ -211,7 +221,7 @@ def write_report(results: dict, setup: dict) -> None:
     _, _, after = rest.partition(end)
     setup_line = (f"Measured {setup['date']} on {setup['machine']}: {setup['epochs']} epochs of "
                   f"{setup['epoch_seconds']} s per run, {setup['checkpoint_bytes'] // 1024} KiB "
-                  "checkpoint per epoch, one `mlflow server` worker.")  # fmt: skip
+                  "checkpoint per epoch, one `mlflow server` worker, {setup['machine_note']}.")  # fmt: skip
     (ROOT / "docs" / "scale.md").write_text(
         f"{before}{begin}\n{setup_line}\n\n" + "\n".join(lines) + f"\n{end}{after}"
     )
@@ -229,28 +239,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, nargs="+", default=list(RUNS))
     parser.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES))
+    parser.add_argument("--pools", nargs="+", choices=list(POOLS), default=list(POOLS))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--epoch-seconds", type=float, default=EPOCH_SECONDS)
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/")
     args = parser.parse_args()
     results = {}
     for store in args.stores:
-        with tempfile.TemporaryDirectory() as tmp:
-            server, database = start_server(store, Path(tmp))
-            try:
-                results[store] = []
-                for runs in args.runs:
-                    row = measure(server.uri, Path(tmp) / "server.log", runs, args.epochs,
-                                  args.epoch_seconds)  # fmt: skip
-                    print(store, json.dumps(row), flush=True)
-                    results[store].append(row)
-            finally:
-                server.stop()
-                if database:
-                    database.stop()
+        for pool in args.pools:
+            setting = f"{store}, {pool}"
+            with tempfile.TemporaryDirectory() as tmp:
+                server, database = start_server(store, pool, Path(tmp))
+                try:
+                    results[setting] = []
+                    for runs in args.runs:
+                        row = measure(server.uri, Path(tmp) / "server.log", runs, args.epochs,
+                                      args.epoch_seconds)  # fmt: skip
+                        print(setting, json.dumps(row), flush=True)
+                        results[setting].append(row)
+                finally:
+                    server.stop()
+                    if database:
+                        database.stop()
     setup = {"date": time.strftime("%Y-%m-%d"), "epochs": args.epochs,
              "epoch_seconds": args.epoch_seconds, "checkpoint_bytes": CHECKPOINT_BYTES,
-             "machine": f"{os.cpu_count()} CPU cores, {platform.python_version()}"}  # fmt: skip
+             "machine": f"{os.cpu_count()} CPU cores, Python {platform.python_version()}",
+             "machine_note": "runs, server and database all on it"}  # fmt: skip
     if not args.no_write:
         write_report(results, setup)
 
