@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 15 in one device call of at most 8 minutes (docs/benchmarks.md,
-# "GPU: how to run"). Each section runs within its own time box (timeout), so one that overruns
-# costs only its box; each writes its JSON under $WORK/new, and after every section everything so
-# far is bundled into $OUT (a device call brings back at most 8 files, even when it is cut off):
+# Every GPU figure in one run of at most 8 minutes on a GPU machine (docs/benchmarks.md, "GPU:
+# how to run"). Each section runs within its own time box (timeout), so one that overruns costs
+# only its box; each writes its JSON under $WORK/new, and after every section everything so far is
+# bundled into $OUT in four files, so a run cut off by its time limit still brings its figures back:
 # gpu-results.json, benchmarks.md (the page rendered with the new figures), log.txt, nvidia-smi.csv.
 #
-#   device:  run(command="bash bench/gpu.sh", carry=["data/cifar10-jpeg.npz"], timeout_s=540)
-#   here:    python bench/gpu_collect.py import <files_at>/gpu-results.json
+#   GPU:     bash bench/gpu.sh          (data/cifar10-jpeg.npz beside the tree: bench/gpu_data.py)
+#   here:    python bench/gpu_collect.py import <OUT>/gpu-results.json
 #   CPU:     BENCH_TINY=1 OUT=$(mktemp -d) bash bench/gpu.sh     (tiny settings, no compile)
 #
 # Only torch, torchvision, numpy and Pillow are needed (the GPU machine has no MLflow); the data
@@ -51,7 +51,7 @@ if [ "${BENCH_TINY:-0}" = 1 ]; then  # seconds per section on a CPU: the script'
   PROFILE=(--steps 2 --warmup 1)
   SYNTHETIC=(--train 100 --test 50)
 else
-  # Boxes from issue 15's figures (ResNet-18's 40 epochs: 6.7 PFLOP, ~25 s at 30-40 % of an
+  # Boxes from the expected cost (ResNet-18's 40 epochs: 6.7 PFLOP, ~25 s at 30-40 % of an
   # H200's bf16 peak; compiling a model: about a minute) and summing to 475 s of the call's 480.
   DEVICE=cuda
   BOX_SCALE=1

@@ -1,7 +1,7 @@
 """bench/gpu.sh's results: bundled on the GPU machine, taken apart here.
 
-A device call brings back at most 8 files, so on the machine every section's JSON goes into one
-bundle, beside the rendered page and the log:
+On the GPU machine every section's JSON goes into one bundle, beside the rendered page and the
+log, so that a few files bring everything back:
 
     python bench/gpu_collect.py bundle WORK OUT   # there: OUT/gpu-results.json, OUT/benchmarks.md
     python bench/gpu_collect.py import BUNDLE     # here: bench/results/*.json, docs/benchmarks.md

@@ -1,8 +1,7 @@
 """CIFAR-10 for a machine that has no copy of it: the GPU machine of bench/gpu.sh.
 
-The device tool copies only the working tree (64 MiB in all), and the shared data beside the
-checkout stays behind. So the JPEG files themselves travel, packed into one uncompressed .npz
-under data/ (ignored by git, named in `carry`): 52.7 MiB of JPEG bytes, against 184 MB decoded
+The JPEG files themselves travel with the working tree, packed into one uncompressed .npz under
+data/ (ignored by git): 52.7 MiB of JPEG bytes, against 184 MB decoded
 (compressing either gains little: JPEG data is already entropy-coded). On the machine they are
 written back as the image folder `train/<class>/*.jpg`, `test/<class>/*.jpg`, which the project's
 own loader decodes, so the figures include its real data path.

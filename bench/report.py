@@ -22,7 +22,7 @@ CLOCKS = {"wall": "wall clock", "cpu": "CPU time"}
 CPU_ENGINE_OVER_PURE = 0.97
 CPU_ENGINE_OVER_BASELINE = 1.0
 GPU_ENGINE_OVER_BASELINE_W4 = 3.0
-GPU_RECIPE_SECONDS = 60.0  # issue 15, one H200 (the first round's 90 s was for an H100)
+GPU_RECIPE_SECONDS = 60.0  # one H200
 GPU_GHOST_OVER_RESNET_EPOCH = 0.8
 GPU_STUDY_SECONDS = 300.0  # the default study, 7 configurations x 40 epochs, on one H200
 GIB = 2**30
@@ -97,8 +97,8 @@ def write_doc(doc: Path, results: Path) -> None:
     sections = [render(result) for result in found]
     if not any(r["environment"]["device"] == "cuda" for r in found):
         sections.append(
-            "### GPU\n\nPending: no device was lent to this session. One device call of "
-            '`bash bench/gpu.sh` measures every GPU figure (see "GPU: how to run" below).'
+            "### GPU\n\nNot measured yet: one run of `bash bench/gpu.sh` on a GPU machine "
+            'measures every GPU figure (see "GPU: how to run" below).'
         )
     generated = "\n\n".join([BEGIN, *sections, END])
     text = doc.read_text() if doc.exists() else f"# Training benchmarks\n\n{BEGIN}\n{END}\n"

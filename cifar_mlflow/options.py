@@ -1,15 +1,17 @@
 """click parameter types the commands share: each says its rule, and `--help` shows it. Nothing
-heavier than click is imported here, so every command's options (and `--help`) load without
-torch or MLflow."""
+heavier than click and core.config is imported here, so every command's options (and `--help`)
+load without torch or MLflow."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import click
 
-CLASS_COUNT = 10  # CIFAR-10's classes (core.config.CLASS_COUNT; options import nothing of ours)
+from .core.config import CLASSES
+
 # MLflow's limit on an experiment's name (measured on MLflow 3.17: its server refuses 501
 # characters and "" with INVALID_PARAMETER_VALUE; tests/test_options.py checks against a server).
 EXPERIMENT_NAME_LIMIT = 500
@@ -33,8 +35,8 @@ class PerClassLimit(click.ParamType):
 
     def convert(self, value, param, ctx):
         number = click.INT.convert(value, param, ctx)
-        if number < 0 or 0 < number < CLASS_COUNT:
-            self.fail(f"{number} is neither 0 (all) nor at least {CLASS_COUNT} (one image per "
+        if number < 0 or 0 < number < len(CLASSES):
+            self.fail(f"{number} is neither 0 (all) nor at least {len(CLASSES)} (one image per "
                       "class)", param, ctx)  # fmt: skip
         return number
 
@@ -81,6 +83,22 @@ class HeldOut(click.ParamType):
 
 
 HELD_OUT = HeldOut()
+
+
+class GroupId(click.ParamType):
+    """A sweep's or a tune's id: it names files and goes into MLflow search filters, so letters,
+    digits, '.', '_' and '-' only, starting with a letter or digit, at most 64."""
+
+    name = "ID"
+    PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+    def convert(self, value, param, ctx):
+        if not self.PATTERN.match(value):
+            self.fail(f"{value!r}: use letters, digits, '.', '_' and '-' (at most 64)", param, ctx)
+        return value
+
+
+GROUP_ID = GroupId()
 
 
 def choice(names: Iterable[str]) -> click.Choice:

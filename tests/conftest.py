@@ -4,9 +4,11 @@ cifar_mlflow.testing, which the benchmarks use too)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,23 +97,32 @@ def tracking_server(request):
     return request.getfixturevalue(STORE_SERVERS[getattr(request, "param", None) or "sqlite"])
 
 
+@contextlib.contextmanager
+def tracking_on(uri: str) -> Iterator[pytest.MonkeyPatch]:
+    """MLflow in this process pointed at `uri`, with no run or experiment inherited from the
+    environment or an earlier test. What the block sets is undone after it (mlflow.set_experiment()
+    exports MLFLOW_EXPERIMENT_ID), so nothing leaks into later tests or into the `mlflow run`
+    subprocesses some tests start."""
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            env.setenv(name, "")  # recorded, so that leaving the block unsets it again
+            env.delenv(name)
+        mlflow.set_tracking_uri(uri)
+        yield env
+
+
 @pytest.fixture
-def tracking(tracking_server, monkeypatch):
+def tracking(tracking_server):
     """Point this test at the real server, with an experiment of its own."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
-    # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID: keep it from leaking between tests
-    # (and into the `mlflow run` subprocesses some tests start).
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
-    mlflow.set_tracking_uri(tracking_server.uri)
-    experiment = f"test-{uuid.uuid4().hex[:8]}"
-    yield experiment
-    while mlflow.active_run():
-        mlflow.end_run()
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    with tracking_on(tracking_server.uri):
+        yield f"test-{uuid.uuid4().hex[:8]}"
+        while mlflow.active_run():
+            mlflow.end_run()
 
 
 def tiny_train_args(data_dir: Path, experiment: str, *extra: str) -> list[str]:

@@ -51,9 +51,19 @@ class Import:
     type_only: bool  # under `if TYPE_CHECKING:`
 
 
-def imports(path: Path) -> list[Import]:
-    tree = ast.parse(path.read_text())
+def module_name(path: Path) -> str:
+    """`cifar_mlflow.core.data` for cifar_mlflow/core/data.py; a file outside the project is
+    named by its stem."""
+    if not path.is_relative_to(PROJECT_ROOT):
+        return path.stem
     dotted = ".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts)
+    return dotted.removesuffix(".__init__")
+
+
+def imports(path: Path, top_level_only: bool = False) -> list[Import]:
+    """The imports of a module (all of them, or those at module level only)."""
+    tree = ast.parse(path.read_text())
+    dotted = module_name(path)
     here = dotted if path.name == "__init__.py" else dotted.rpartition(".")[0]
     type_only = {
         id(node)
@@ -63,7 +73,7 @@ def imports(path: Path) -> list[Import]:
         for node in ast.walk(statement)
     }
     found = []
-    for node in ast.walk(tree):
+    for node in tree.body if top_level_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found.append(Import(alias.name, (), node.lineno, id(node) in type_only))
@@ -136,7 +146,7 @@ def test_core_knows_no_click_and_prints_nothing():
 def private_uses(path: Path) -> list[str]:
     """`from m import _x`, `import a._b`, and `obj._x` where obj is not self or cls."""
     tree = ast.parse(path.read_text())
-    where = path.relative_to(PROJECT_ROOT)
+    where = path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path.name
     found = [
         f"{where}:{i.line} imports {name} from {i.module}"
         for i in imports(path)
@@ -157,17 +167,87 @@ def test_no_module_uses_another_modules_or_librarys_private_names():
 
 
 def test_the_private_name_check_catches_what_it_is_for(tmp_path):
-    sample = PACKAGE / "core" / "_sample_for_test.py"
+    sample = tmp_path / "sample.py"
     sample.write_text(
         "from mlflow.utils.validation import _validate_model_alias_name\n"
         "import torch._dynamo\n"
         "def f(option, self):\n    return option._flag_needs_value, self._fine\n"
     )
-    try:
-        uses = private_uses(sample)
-    finally:
-        sample.unlink()
+    uses = private_uses(sample)
     assert len(uses) == 3, uses  # the import, the private module, the attribute; not self._fine
+
+
+def internal_modules(path: Path) -> set[str]:
+    """The package's modules that `path` imports anywhere (inside functions too), but under
+    TYPE_CHECKING: `from . import x` names module x, `from .x import y` module x."""
+    known = {module_name(p) for p in modules()}
+    found = set()
+    for i in imports(path):
+        if i.type_only or not i.module.startswith("cifar_mlflow"):
+            continue
+        named = {f"{i.module}.{n}" for n in i.names} & known
+        found |= named or ({i.module} & known)
+    return found - {module_name(path)}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while (member := stack.pop()) != node:
+                component.append(member)
+            if component:
+                found.append(sorted([node, *component]))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    graph = {module_name(p): internal_modules(p) for p in modules()}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle_through_three_modules():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def light_modules() -> list[Path]:
+    """The modules docs/architecture.md lets a command.py import at module level."""
+    line = re.search(r"^Light modules: (.+?)\.$", DOC.read_text(), re.MULTILINE | re.DOTALL)
+    return sorted(PACKAGE / path for path in re.findall(r"`([\w/]+\.py)`", line[1]))
+
+
+@pytest.mark.parametrize(
+    "path", sorted({*PACKAGE.glob("*/command.py"), *light_modules()}),
+    ids=lambda p: p.relative_to(PACKAGE).as_posix(),
+)  # fmt: skip
+def test_command_modules_import_only_light_modules_at_module_level(path):
+    light = {module_name(p) for p in light_modules()}
+    allowed = {"click", "yaml"} | set(sys.stdlib_module_names)
+    heavy = [
+        found.module for found in imports(path, top_level_only=True)
+        if not found.type_only and found.module.split(".")[0] not in allowed
+        and not ({found.module} | {f"{found.module}.{n}" for n in found.names}) & light
+    ]  # fmt: skip
+    assert heavy == [], f"{path.relative_to(PROJECT_ROOT)} imports {heavy} at module level"
 
 
 def test_entry_points_are_one_line_of_delegation():

@@ -73,7 +73,7 @@ def test_the_bundle_holds_every_result_and_the_page_shows_the_gpu_use(tmp_path):
     assert "| 2 | 60000 | 1.50 | 30000 – 30000 | 6.0 | 2.0 | 3.9 |" in page
     assert "the default study, seconds (estimate, best K = 2) | 233.300 | ≤ 300.0 | yes" in page
     assert "| profile | 20 | 20 | timed out | - | - |" in page
-    assert "### GPU\n\nPending" not in page  # the generated placeholder goes with GPU figures
+    assert "### GPU\n\nNot measured yet" not in page  # the generated placeholder goes with GPU figures
 
     results, doc = tmp_path / "results", tmp_path / "benchmarks.md"
     results.mkdir()

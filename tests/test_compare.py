@@ -38,7 +38,7 @@ from cifar_mlflow.testing.runs import log_synthetic_run
 from cifar_mlflow.tracking import history
 from cifar_mlflow.tracking.history import fetch_histories
 
-from .conftest import PROJECT_ROOT, free_port, on_both_stores
+from .conftest import PROJECT_ROOT, free_port, on_both_stores, tracking_on
 
 
 def compare(*args: str):
@@ -179,11 +179,8 @@ def study(tracking_server):
     two epochs, and a run of another job; logged once for the tests of this module, which add
     only compare runs to it (and count them before and after)."""
     experiment = f"study-{uuid.uuid4().hex[:8]}"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
-        mlflow.set_tracking_uri(tracking_server.uri)
+    with tracking_on(tracking_server.uri):
         ids = _log_study(experiment)
-        env.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment() exported it
     return experiment, ids
 
 

@@ -15,7 +15,6 @@ import os
 import shutil
 import uuid
 
-import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -23,6 +22,8 @@ from scipy import stats
 
 from cifar_mlflow.cli import cli
 from cifar_mlflow.testing.runs import log_synthetic_run
+
+from .conftest import tracking_on
 
 TEST_IMAGES = 1000
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
@@ -35,9 +36,7 @@ def compared(mlflow_server, tmp_path_factory):
     """{activation: [run ids]}, the compare run, and its output folder."""
     experiment = f"evidence-{uuid.uuid4().hex[:8]}"
     out = tmp_path_factory.mktemp("evidence") / "report"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        mlflow.set_tracking_uri(mlflow_server.uri)
+    with tracking_on(mlflow_server.uri) as env:
         client = MlflowClient()
         ids = {}
         for activation, seeds in SEEDS.items():

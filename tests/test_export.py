@@ -31,7 +31,7 @@ from cifar_mlflow.export.deployment import load_torchscript, onnx_logits
 from cifar_mlflow.testing.server import LocalServer
 from cifar_mlflow.tracking.registry import RegistryError, register
 
-from .conftest import PROJECT_ROOT, free_port, tiny_train_args
+from .conftest import PROJECT_ROOT, free_port, tiny_train_args, tracking_on
 
 pytestmark = pytest.mark.slow  # trains real models and starts processes; still run by default
 
@@ -163,11 +163,7 @@ def study(mlflow_server, image_folder):
     """Two real Ghost runs with a validation split (the default), and a failed Ghost run that
     would win on its metric: ~30 s of CPU. (Runs that must not win, and runs without
     validation, are left to the cheaper tests above.)"""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            mp.delenv(name, raising=False)
-        mlflow.set_tracking_uri(mlflow_server.uri)
+    with tracking_on(mlflow_server.uri):
         experiment = f"export-{uuid.uuid4().hex[:8]}"
         # Measured on this data (seed 0, CPU, so every run repeats it): val_acc 0.1, 0.2, 0.1.
         peaked = train_run(image_folder, experiment, "--lr", "0.05", "--epochs", "3")

@@ -27,8 +27,8 @@ def test_parameter_count_and_logits(name, activation):
     assert count_parameters(model) == EXPECTED_PARAMETERS[name]
     logits = model.eval()(torch.randn(3, 3, 32, 32))
     assert logits.shape == (3, 10)
-    # Logits, not probabilities: rows do not sum to one.
-    assert not torch.allclose(logits.softmax(1).sum(1), logits.sum(1))
+    # Logits, not probabilities (a softmax at the end would make every row sum to one).
+    assert not torch.allclose(logits.sum(1), torch.ones(3), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

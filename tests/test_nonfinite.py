@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cifar_mlflow.cli import cli
 from cifar_mlflow.core.config import TrainConfig
 from cifar_mlflow.core.data import load_cifar10
-from cifar_mlflow.core.engine import NonFiniteModelError, Trainer
+from cifar_mlflow.core.engine import ModelDiverged, Trainer
 from cifar_mlflow.tracking.runs import FAILURE_TAG
 
 from .conftest import tiny_train_args
@@ -29,7 +29,7 @@ def test_weights_that_are_no_longer_finite_stop_the_epoch(image_folder):
     norm = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     norm.running_mean[0] = float("nan")
     with pytest.raises(
-        NonFiniteModelError, match="the weights became NaN or infinite after epoch 1"
+        ModelDiverged, match="the weights became NaN or infinite after epoch 1"
     ):
         trainer.run_epoch(1)
 

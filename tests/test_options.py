@@ -19,8 +19,6 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow import options
 from cifar_mlflow.cli import cli
-from cifar_mlflow.core import config
-from cifar_mlflow.core.data import CLASSES
 
 from .conftest import free_port, tiny_train_args, write_image_folder
 
@@ -96,10 +94,6 @@ def test_help_shows_each_rule():
     for rule in ("[default: 0.01; 0<x<=3.4028234663852886e+38]", "[default: 0.9; 0<=x<1]", "0<=x<=4294967295", "0: all, else N >= 10",
                  "at most 500 characters", "logged as batch_size_used"):  # fmt: skip
         assert rule in shown, rule
-
-
-def test_class_count_is_cifar10s_everywhere():
-    assert options.CLASS_COUNT == config.CLASS_COUNT == len(CLASSES)
 
 
 def test_experiment_name_rule_is_mlflows(tracking):

@@ -20,7 +20,7 @@ from cifar_mlflow.core import checkpoint
 from cifar_mlflow.tracking.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG, RESUMED_TAG, SLOTS
 from cifar_mlflow.tracking.runs import FAILURE_TAG
 
-from .conftest import on_both_stores, tiny_train_args
+from .conftest import on_both_stores, tiny_train_args, tracking_on
 from .processes import (
     DETERMINISTIC_KEYS,
     PER_EPOCH_KEYS,
@@ -71,10 +71,7 @@ def assert_same_as(run_id: str, reference: str) -> None:
 def uninterrupted(tracking_server, image_folder) -> str:
     """The reference run: same settings and seed, never stopped."""
     experiment = f"reference-{uuid.uuid4().hex[:8]}"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
-        env.setenv("MLFLOW_EXPERIMENT_ID", "")  # set_experiment exports it: undo that afterwards
-        env.delenv("MLFLOW_EXPERIMENT_ID")
+    with tracking_on(tracking_server.uri):
         result = train(*resumable_args(image_folder, experiment))
         assert result.exit_code == 0, result.output
         [run] = mlflow.search_runs(experiment_names=[experiment], output_format="list")

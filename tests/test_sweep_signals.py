@@ -22,7 +22,7 @@ from .test_sweep import sweep_runs
 # signal comes: 5 steps of 4 images an epoch, 50 epochs.
 CHILD = ("--epochs", "50", "--batch-size", "4", "--train-limit", "20", "--test-limit", "10",
          "--val-size", "0", "--device", "cpu", "--no-system-metrics")  # fmt: skip
-PROMPT_SECONDS = 30  # issue 13: the sweep is gone within 30 s of the signal
+PROMPT_SECONDS = 30  # the promise: the sweep is gone within 30 s of the signal
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -22,15 +22,17 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.cli import cli
-from cifar_mlflow.core.engine import EpochMetrics, StopTraining
-from cifar_mlflow.tracking.runs import FAILURE_TAG
-from cifar_mlflow.tracking.tuning import CONFIG_JOB, PARENT_TAG, TRIAL_TAG, TUNED_FROM_TAG
-from cifar_mlflow.tune.command import tune as tune_command
-from cifar_mlflow.tune.search import EpochWatch, Search, Space, open_storage
+pytest.importorskip("optuna", reason="tune needs Optuna: pip install -e '.[tune]'")
 
-from .conftest import PROJECT_ROOT, free_port
-from .test_architecture import loaded_by
+from cifar_mlflow.cli import cli  # noqa: E402 (after the skip: search.py imports optuna)
+from cifar_mlflow.core.engine import EpochMetrics, StopTraining  # noqa: E402
+from cifar_mlflow.tracking.runs import FAILURE_TAG, TUNED_FROM_TAG  # noqa: E402
+from cifar_mlflow.tracking.tuning import CONFIG_JOB, PARENT_TAG, TRIAL_TAG  # noqa: E402
+from cifar_mlflow.tune.command import tune as tune_command  # noqa: E402
+from cifar_mlflow.tune.search import EpochWatch, Search, Space, open_storage  # noqa: E402
+
+from .conftest import PROJECT_ROOT, free_port, tracking_on  # noqa: E402
+from .test_architecture import loaded_by  # noqa: E402
 
 # 30 training and 10 validation images, 10 test images, one epoch: a trial is one or two
 # training steps (a few seconds; trials log no models).
@@ -197,11 +199,7 @@ def wait_for_open_trial(experiment: str, optimizer: str, trial: str, timeout: fl
 
 @pytest.fixture(scope="module")
 def scenario(mlflow_server, image_folder, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            env.delenv(name, raising=False)
-        mlflow.set_tracking_uri(mlflow_server.uri)
+    with tracking_on(mlflow_server.uri):
         experiment = f"test-tune-{uuid.uuid4().hex[:8]}"
         storage = tmp_path_factory.mktemp("tune") / "study.db"
         args = ["tune", "--experiment", experiment, "--data-dir", str(image_folder), *TINY,

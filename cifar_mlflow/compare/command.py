@@ -25,7 +25,7 @@ DEFAULT_OUTPUT_DIR = "outputs/compare"
               show_default=True, help="where the charts, table and report.md are written")  # fmt: skip
 def compare(experiment, filter_string, sweep, include_unfinished, output_dir) -> None:
     """Chart and tabulate the training runs of an experiment, and log it all to a compare run."""
-    from ..tracking.history import Selection
+    from ..tracking.training_runs import Selection
     from .job import run_compare
 
     selection = Selection(experiment, filter_string, sweep, include_unfinished)

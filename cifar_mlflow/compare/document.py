@@ -25,7 +25,7 @@ Cell = Text | tuple[Text, ...]
 
 @dataclass(frozen=True)
 class Heading:
-    level: int
+    level: int  # 1: the page's title
     text: str
 
 

@@ -1,4 +1,4 @@
-"""`cifar-mlflow compare`'s work: read the selected training runs (tracking.history), group them
+"""`cifar-mlflow compare`'s work: read the selected training runs (tracking.training_runs), group them
 into configurations and comparisons (study.py), draw and write the report (report.py, charts.py)
 in a temporary folder, each file logged to the compare run as soon as it is whole, and only then
 move it into the output folder: a failure leaves no half report there, and the compare run
@@ -16,8 +16,9 @@ from urllib.parse import urlencode
 
 from ..tracking import connection, records
 from ..tracking.connection import is_http
-from ..tracking.history import Selection, SelectionError, fetch_histories, training_runs
-from ..tracking.runs import JOB_TAG, RunSpec, tracked_run
+from ..tracking.history import fetch_histories
+from ..tracking.runs import JOB_TAG, TUNED_FROM_TAG, RunSpec, tracked_run
+from ..tracking.training_runs import Selection, SelectionError, training_runs
 from . import report
 from .study import Curve, RunRecord, effective_config
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                 "epoch_seconds")  # fmt: skip
-TUNED_TAG = "tuned_from"  # `sweep --tuned TUNE_ID`: the run used the lr that tune found
 # The compare run's own numbers: named so that no training metric's chart or column holds them.
 COUNT_METRICS = {"runs": "compare.runs", "configurations": "compare.configurations",
                  "comparisons": "compare.comparisons"}  # fmt: skip
@@ -49,7 +49,7 @@ def load_records(runs: list[Run]) -> list[RunRecord]:
             model_params=_int(params.get("model_params")),
             history={key: Curve.of(points) for key, points in history.items()},
             test_images=_int(params.get("test_images")),
-            tuned_from=run.data.tags.get(TUNED_TAG) or None,
+            tuned_from=run.data.tags.get(TUNED_FROM_TAG) or None,
             experiment_id=run.info.experiment_id,
         ))  # fmt: skip
     return records

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.config import ACTIVATION_NAMES, CONFIG_KEYS, DEFAULTS, MODEL_NAMES, OPTIMIZERS
+from ..core.selection import best_epoch
 
 FACTORS = ("activation", "optimizer", "model")
 # Known values in registry order: fixes the sort order of rows and each value's colour.
@@ -66,11 +67,10 @@ class RunRecord:
 
     @property
     def selected_epoch(self) -> int:
-        """The best-validation epoch (the earliest of equals), else the last epoch."""
-        if self.validated:
-            val = self.curve("val_acc")
-            return int(val.epochs[np.argmax(val.values)])  # argmax: the first of equals
-        return int(self.curve("test_acc").epochs[-1])
+        """The best-validation epoch (core.selection's rule), else the last epoch."""
+        val = self.curve("val_acc")
+        best = best_epoch(zip(val.epochs.tolist(), val.values.tolist()))
+        return best.epoch if best else int(self.curve("test_acc").epochs[-1])
 
     @property
     def headline(self) -> float:

@@ -24,7 +24,12 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 DEFAULT_EXPERIMENT = "cifar10-ablation"
-CLASS_COUNT = 10  # len(core.data.CLASSES), here without numpy (tests/test_options.py checks)
+# CIFAR-10's classes, in its label order: a model trained here names its outputs so (core.data
+# labels every image by this order, whatever the layout on disk says).
+CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,8 @@ def held_out_images(val_size: float, train_images: int) -> int:
     per class is left to train on."""
     if val_size <= 0:
         return 0
-    held = max(round(val_size * train_images), CLASS_COUNT) if val_size < 1 else int(val_size)
-    if train_images - held < CLASS_COUNT:
+    held = max(round(val_size * train_images), len(CLASSES)) if val_size < 1 else int(val_size)
+    if train_images - held < len(CLASSES):
         raise UserError(
             f"--val-size {val_size} holds out {held} of the {train_images} training images, "
             "leaving fewer than one per class to train on: choose a smaller --val-size (0: none) "

@@ -27,14 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import held_out_images
+from .config import CLASSES, held_out_images
 from .errors import UserError
 from .files import atomic_write
 
-CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 TORCHVISION_FOLDER = "cifar-10-batches-py"

@@ -28,11 +28,9 @@ from .errors import UserError
 from .models import build_model, count_parameters
 
 EVAL_BATCH_SIZE = 1024
-# Reading the summed loss syncs host and device, so the training loop looks for a NaN or an
-# infinity only every this many steps (and at the end of the epoch). Measured on CPU
-# (ghost_resnet18, batch 8, 4 interleaved rounds, noise ~20%): checking after every step
-# 1197 ms/step, never 1312 ms/step: no cost. On a GPU each check drains the queue once, hence
-# every 20 steps rather than every step.
+# Reading the summed loss syncs host and device (on a GPU it drains the queue), so the training
+# loop looks for a NaN or an infinity only every this many steps and at the end of the epoch
+# (measured on the CPU: checking every step costs nothing measurable there).
 DIVERGENCE_CHECK_STEPS = 20
 
 
@@ -57,7 +55,7 @@ class Diverged(UserError):
     """Training diverged: the model is lost, so the run ends FAILED and no model is logged."""
 
 
-class DivergedError(Diverged):
+class LossDiverged(Diverged):
     """The training loss became NaN or infinite: the weights are lost, so the run stops."""
 
     def __init__(self, loss: float, images_seen: int, epoch: int | None = None):
@@ -68,7 +66,7 @@ class DivergedError(Diverged):
         )
 
 
-class NonFiniteModelError(Diverged):
+class ModelDiverged(Diverged):
     """The weights, or what the model outputs, are no longer finite after an epoch whose loss
     looked finite (each step's loss is taken before the step that may break the weights): the
     model is lost, so the run stops and no model is logged."""
@@ -171,17 +169,17 @@ def compile_unavailable(device: torch.device) -> str | None:
 def check_finite(loss_sum: torch.Tensor, seen: int) -> None:
     loss = loss_sum.item() / seen
     if not math.isfinite(loss):
-        raise DivergedError(loss, seen)
+        raise LossDiverged(loss, seen)
 
 
 def check_finite_weights(model: nn.Module, epoch: int) -> None:
     """Every floating-point parameter and buffer (batch-norm statistics too) is finite, read in
-    one sync with the device once per epoch. Measured on 2 loaded CPU cores (ResNet-18): 0.14-0.34
-    s per check, against minutes per CIFAR-10 epoch; summing each tensor instead is 15-20 ms but
-    calls huge finite weights infinite, so the exact test stays."""
+    one sync with the device once per epoch (measured: 0.14-0.34 s for ResNet-18 on 2 CPU cores,
+    against minutes per CIFAR-10 epoch). Exact: a sum per tensor would be cheaper but calls huge
+    finite weights infinite."""
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
     if not torch.stack([t.isfinite().all() for t in tensors]).all():
-        raise NonFiniteModelError("the weights became NaN or infinite", epoch)
+        raise ModelDiverged("the weights became NaN or infinite", epoch)
 
 
 def check_finite_outputs(epoch: int, test_loss: float, val_loss: float | None) -> None:
@@ -190,18 +188,21 @@ def check_finite_outputs(epoch: int, test_loss: float, val_loss: float | None) -
     model, not a choice between models, so the test split may tell it."""
     for split, loss in (("test", test_loss), ("validation", val_loss)):
         if loss is not None and not math.isfinite(loss):
-            raise NonFiniteModelError(
+            raise ModelDiverged(
                 f"the model's outputs became {loss} on the {split} images", epoch
             )
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, data: Cifar10, device: torch.device):
+    """Trains `model` (by default the network `config` names, built after seeding) on `data`."""
+
+    def __init__(self, config: TrainConfig, data: Cifar10, device: torch.device,
+                 model: nn.Module | None = None):  # fmt: skip
         self.config = config
         self.device = device
         self.precision = resolve_precision(config.precision, device)
         seed_everything(config.seed)
-        self.model = build_model(config.model, config.activation, len(data.classes))
+        self.model = model or build_model(config.model, config.activation, len(data.classes))
         # channels_last suits cuDNN's bf16 kernels, and oneDNN's on a CPU too (measured: 1 thread,
         # batch 32, CPU seconds per step against the default format: ResNet-18 2.43 vs 2.54,
         # Ghost-ResNet-18 1.27 vs 1.66).
@@ -262,8 +263,8 @@ class Trainer:
             train_loss, train_acc = self.train_one_epoch(
                 wrap(self.train_batches, epoch) if wrap else self.train_batches
             )
-        except DivergedError as e:
-            raise DivergedError(e.loss, e.images_seen, epoch) from None
+        except LossDiverged as e:
+            raise LossDiverged(e.loss, e.images_seen, epoch) from None
         check_finite_weights(self.model, epoch)
         train_seconds = time.perf_counter() - started
         self.schedule.step()

@@ -2,6 +2,10 @@
 earlier epoch. The test set never enters the choice; the test accuracy of the chosen epoch is
 reported beside it (`test_acc_at_best`), never used to choose.
 
+The rule is written once, in `BestEpoch.offer`: training (the weights it keeps, its summary
+metrics), a tune's trials (their score), and compare (the epoch it reads a run's result at) all
+go through it. The module needs no torch, so compare can use it without loading torch.
+
 `BestWeights` keeps a copy of the weights of that epoch while training runs, so that the run can
 log them at its end and a resumed run ends with the same `best` as an uninterrupted one (the copy
 travels in the resume checkpoint, core/checkpoint.py).
@@ -10,43 +14,66 @@ travels in the resume checkpoint, core/checkpoint.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-from .engine import EpochMetrics
+
+@dataclass
+class BestEpoch:
+    """The best epoch so far, offered the epochs in order."""
+
+    epoch: int = 0  # 0: no epoch with a validation accuracy yet
+    val_acc: float = float("-inf")
+
+    def offer(self, epoch: int, val_acc: float | None) -> bool:
+        """Take `epoch` if its val_acc is strictly higher than every earlier one (so ties keep
+        the earlier epoch; None and NaN never win); True if it was taken."""
+        if val_acc is None or not val_acc > self.val_acc:
+            return False
+        self.epoch, self.val_acc = epoch, val_acc
+        return True
+
+    @property
+    def found(self) -> bool:
+        return self.epoch > 0
 
 
-def best_epoch(history: Iterable[EpochMetrics]) -> EpochMetrics | None:
-    """The epoch with the highest val_acc (the earliest of equals); None without validation."""
-    scored = [m for m in history if m.val_acc is not None]
-    return max(scored, key=lambda m: (m.val_acc, -m.epoch)) if scored else None
+def best_epoch(val_acc: Iterable[tuple[int, float | None]]) -> BestEpoch | None:
+    """The best of (epoch, val_acc) pairs, in any order; None when no epoch has a val_acc."""
+    best = BestEpoch()
+    for epoch, value in sorted(val_acc):
+        best.offer(epoch, value)
+    return best if best.found else None
 
 
 @dataclass
 class BestWeights:
-    """The weights of the best epoch so far. A copy is taken only when an epoch is strictly
-    better than every earlier one (so ties keep the earlier epoch, as best_epoch does); on the
-    device, so taking it costs no host synchronisation."""
+    """The weights of the best epoch so far, copied on the device (no host synchronisation) only
+    when an epoch is the new best."""
 
-    epoch: int = 0  # 0: no epoch with validation yet
-    val_acc: float = float("-inf")
+    best: BestEpoch = field(default_factory=BestEpoch)
     weights: dict[str, torch.Tensor] | None = None
 
-    def offer(self, metrics: EpochMetrics, model: nn.Module) -> bool:
-        """Keep `model`'s weights if `metrics` is the best epoch so far; True if it was."""
-        if metrics.val_acc is None or not metrics.val_acc > self.val_acc:
+    @property
+    def epoch(self) -> int:
+        return self.best.epoch
+
+    def offer(self, epoch: int, val_acc: float | None, model: nn.Module) -> bool:
+        """Keep `model`'s weights if `epoch` is the best so far; True if it was."""
+        if not self.best.offer(epoch, val_acc):
             return False
-        self.epoch, self.val_acc = metrics.epoch, metrics.val_acc
-        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.weights = _copy(model)
         return True
 
     def state(self, last_epoch: int) -> dict:
         """For the resume checkpoint. When the best epoch is the last one, its weights are the
         model's own, which the checkpoint holds already: they are not stored twice."""
-        keep = self.weights if self.epoch and self.epoch != last_epoch else None
-        return {"epoch": self.epoch, "val_acc": self.val_acc, "weights": keep}
+        keep = self.weights if self.best.found and self.epoch != last_epoch else None
+        return {"epoch": self.epoch, "val_acc": self.best.val_acc, "weights": keep}
 
     @classmethod
     def from_state(cls, state: dict | None, model: nn.Module, last_epoch: int) -> BestWeights:
@@ -54,5 +81,9 @@ class BestWeights:
             return cls()
         weights = state["weights"]
         if weights is None and state["epoch"] == last_epoch:
-            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(state["epoch"], state["val_acc"], weights)
+            weights = _copy(model)
+        return cls(BestEpoch(state["epoch"], state["val_acc"]), weights)
+
+
+def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

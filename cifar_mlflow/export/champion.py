@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
-from ..tracking.history import where_training_runs_are
 from ..tracking.registry import candidate_runs, checkpoints_of
+from ..tracking.training_runs import where_training_runs_are
 
 if TYPE_CHECKING:
     from mlflow.entities import LoggedModel, Run
@@ -30,6 +30,8 @@ class ChampionError(UserError):
 
 @dataclass(frozen=True)
 class Candidate:
+    """The checkpoint that would become the champion, with what it was chosen on."""
+
     run: Run
     checkpoint: LoggedModel
     chosen_on: str  # ON_VALIDATION (best checkpoints by val_acc) or ON_TEST (final by test_acc)

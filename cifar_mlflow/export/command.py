@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..core.config import MODEL_NAMES
-from ..core.data import CLASSES
+from ..core.config import CLASSES, MODEL_NAMES
 from ..options import EXPERIMENT_NAME, PER_CLASS_LIMIT, choice
 from .config import DEFAULT_MODEL_URI, ExportConfig
 

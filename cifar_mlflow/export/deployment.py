@@ -30,6 +30,8 @@ class ExportMismatch(UserError):
 
 @dataclass(frozen=True)
 class ExportedFiles:
+    """The deployment files, each checked against the PyTorch model (largest |logit| gap)."""
+
     torchscript: Path
     onnx: Path
     torchscript_max_diff: float

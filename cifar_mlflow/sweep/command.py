@@ -5,7 +5,6 @@ the command runs."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Mapping
 
@@ -13,11 +12,10 @@ import click
 from click.core import ParameterSource
 
 from ..core.config import TrainConfig
-from ..options import RESOURCE_SHARE
+from ..options import GROUP_ID, RESOURCE_SHARE
 from ..train.command import CONFIG_OPTIONS
 from .grid import SWEEP_WIDE, Grid, build_base, load_grid_file, resolve_seeds
 
-SWEEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_OUTPUT_ROOT = "outputs/sweeps"
 TRAIN_OPTIONS = {o.name: o for o in CONFIG_OPTIONS}  # what the grid file and the sweep accept
 
@@ -80,12 +78,6 @@ def _tuned_grid(ctx: click.Context, tune_id: str, grid_file: str | None,
     return tuned_grid(tune_id, given, base)
 
 
-def _check_sweep_id(ctx, param, value: str | None) -> str | None:
-    if value is not None and not SWEEP_ID.match(value):
-        raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' (at most 64)")
-    return value
-
-
 def _check_runs_per_gpu(executor: str, parallel, runs_per_gpu, gpus_per_trial) -> None:
     """--runs-per-gpu says how the processes share the GPUs; so do the options it replaces."""
     if runs_per_gpu is None:
@@ -110,7 +102,7 @@ def _check_runs_per_gpu(executor: str, parallel, runs_per_gpu, gpus_per_trial) -
                    "default: the study (4 activations, 3 optimizers, 2 models: 7 configurations)")  # fmt: skip
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="train every configuration with N seeds, from --seed on")  # fmt: skip
-@click.option("--sweep-id", callback=_check_sweep_id, default=None,
+@click.option("--sweep-id", type=GROUP_ID, default=None,
               help="resume this sweep: configurations it finished are skipped  [default: a new id]")  # fmt: skip
 @click.option("--dry-run", type=click.BOOL, is_flag=False, flag_value="true", default=False,
               help="print what would run and what is skipped, then exit (`--dry-run` alone: true)")  # fmt: skip

@@ -1,44 +1,38 @@
-"""Where a sweep's configurations train: one `cifar-mlflow train` process each, here or on Ray.
+"""How a sweep's configurations train: one `cifar-mlflow train` process each, on this machine
+(`run_local`) or inside a Ray Tune trial (ray_executor.py runs the same `launch` there).
 
 Every configuration is a child process logging into a run the sweep created for it
 (MLFLOW_RUN_ID), so a crash, an out-of-memory kill or a bad config ends that run only. Its
 progress comes as structured events on a pipe (train/events.py); when it is gone the run on the
 tracking server says how it ended, and a run it left unfinished (killed hard) is ended there
 (tracking.sweeps). Each child runs in a session of its own, so a terminal's Ctrl-C reaches the
-sweep alone, which forwards exactly one signal to each child (`Children`). The same `launch` runs
-in a local thread or inside a Ray Tune trial.
+sweep alone, which forwards exactly one signal to each child (`Children`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from queue import Queue
 from typing import Protocol
 
-from ..core.errors import UserError
 from ..tracking.runs import FAILED, KILLED
 from ..tracking.sweeps import settle_child
-from ..train.events import EVENTS_FD, Event, as_dict, from_dict, read_events
-from .cluster import record_node, runtime_env
+from ..train.events import EVENTS_FD, Event, read_events
 
 ERROR_LINE = re.compile(r"^error: (.+)")
 OUTPUT_LINES_KEPT = 200  # of a failed process, logged to its run (tracking.sweeps)
-RAY_CONNECT_SECONDS = 5.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # After the forwarded signal, how long a child has to end its run KILLED before it is killed:
 # train stops after the step in progress, then ends its run (measured on a loaded 2-core
@@ -258,144 +252,3 @@ def run_local(
         raise
     pool.shutdown()
     return outcomes
-
-
-def run_ray(
-    launches: Sequence[Launch], observer: Observer, cpus: float, gpus: float,
-    parallel: int | None, name: str,
-) -> dict[int, Outcome]:  # fmt: skip
-    """Each configuration a trial of Ray Tune's grid search with its own resources, in the Ray
-    session `ray_session` opened. A failed trial is one FAILED run; the others go on."""
-    _, tune = import_ray()
-    by_index = {spec.index: spec for spec in launches}
-    progress = _ray_progress(tune, observer)
-    # Tune's own progress tables would interleave with the board: its older output engine, unlike
-    # the newer one, prints nothing at verbose=0.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune's own records of the trials are not kept: MLflow holds everything about them.
-    with tempfile.TemporaryDirectory(prefix="cifar-mlflow-ray-") as storage:
-        tuner = tune.Tuner(
-            tune.with_resources(
-                tune.with_parameters(_trial, launches=by_index), {"cpu": cpus, "gpu": gpus}
-            ),
-            param_space={"index": tune.grid_search(list(by_index))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=parallel or 0),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, verbose=0, callbacks=[progress]
-            ),
-        )  # fmt: skip
-        tuner.fit()
-    outcomes = dict(progress.outcomes)
-    for index in set(by_index) - set(outcomes):  # the trial itself died: settle its run here
-        outcomes[index] = settle(by_index[index], None, progress.errors.get(index, []), 0.0)
-        observer.finished(index, outcomes[index])
-    return outcomes
-
-
-def import_ray():
-    try:
-        import ray
-        from ray import tune
-    except ImportError:
-        raise UserError(
-            '--executor ray needs Ray: pip install -e ".[ray]" (or pip install "ray[tune]")'
-        ) from None
-    return ray, tune
-
-
-def check_ray_address(address: str | None) -> None:
-    """Fail within seconds where Ray is missing or the cluster cannot be reached: ray.init
-    retries an unreachable address for minutes."""
-    import_ray()
-    if address and address != "auto":
-        host, _, port = address.removeprefix("ray://").rpartition(":")
-        try:
-            socket.create_connection((host or "127.0.0.1", int(port)), RAY_CONNECT_SECONDS).close()
-        except (OSError, ValueError) as e:
-            raise UserError(
-                f"Ray cluster {address} is unreachable ({type(e).__name__}): start it with "
-                "`ray start --head` or give its address (host:port, ray://host:10001, auto)"
-            ) from None
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Join the cluster at `address`, or start a local Ray instance for the sweep ("local": not
-    one that `ray start` left running here). The trials get this package from the driver."""
-    ray, _ = import_ray()
-    check_ray_address(address)
-    try:
-        ray.init(address=address or "local", runtime_env=runtime_env(), include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)  # fmt: skip
-    except ConnectionError as e:
-        raise UserError(f"cannot join Ray at {address}: {str(e).splitlines()[0]}") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def trial_gpus(requested: float | None, runs_per_gpu: int, devices: set[str]) -> float:
-    """GPUs per trial: as requested, else 1/`runs_per_gpu` (Ray packs that many trials on a GPU)
-    where the cluster has GPUs and the device may be one. Checked before anything starts: a
-    trial asking for GPUs the cluster lacks waits forever."""
-    ray, _ = import_ray()
-    cluster_gpus = ray.cluster_resources().get("GPU", 0)
-    if "cuda" in devices and not cluster_gpus:
-        raise UserError("--device cuda, but the Ray cluster has no GPUs: use --device auto or cpu")
-    if requested is not None:
-        if requested > cluster_gpus:
-            raise UserError(
-                f"--gpus-per-trial {requested:g}: the Ray cluster has {cluster_gpus:g} GPUs"
-            )
-        return requested
-    return 1.0 / runs_per_gpu if cluster_gpus and devices - {"cpu"} else 0.0
-
-
-def _trial(config: dict, launches: Mapping[int, Launch]) -> None:
-    """A Ray Tune trial: train one configuration, reporting each epoch and then the outcome (as
-    results, not an exception, so a failed configuration is one line, not a traceback)."""
-    from ray import tune
-
-    spec = launches[config["index"]]
-    record_node(spec.env["MLFLOW_TRACKING_URI"], spec.run_id)
-    # None is no value for a Tune result (val_acc without a validation split): left out.
-    outcome = launch(
-        spec, lambda event: tune.report({k: v for k, v in as_dict(event).items() if v is not None})
-    )
-    tune.report({f"outcome_{k}": v for k, v in asdict(outcome).items()})
-
-
-def _ray_progress(tune, observer: Observer):
-    """A Tune callback (its class is made once Ray is imported) that feeds the trials' results to
-    the observer and keeps the outcomes."""
-
-    class Progress(tune.Callback):
-        def __init__(self, observer: Observer):
-            self.observer = observer
-            self.outcomes: dict[int, Outcome] = {}
-            self.errors: dict[int, list[str]] = {}
-
-        def __getstate__(self):
-            # Tune pickles its run config to save the experiment (a sweep never restores one);
-            # the observer (a lock, a terminal) stays with this live callback.
-            return {"observer": None, "outcomes": {}, "errors": {}}
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.observer.started(trial.config["index"])
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            index = trial.config["index"]
-            if "outcome_status" in result:
-                outcome = Outcome(**{f.name: result[f"outcome_{f.name}"] for f in fields(Outcome)})
-                self.outcomes[index] = outcome
-                self.observer.finished(index, outcome)
-            elif (event := from_dict(result)) is not None:
-                self.observer.progress(index, event)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.errors[trial.config["index"]] = [
-                f"Ray trial {trial.trial_id} failed: see {trial.error_file}"
-            ]
-
-    return Progress(observer)

@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,23 +26,17 @@ from ..compare.job import run_compare
 from ..core.config import TrainConfig
 from ..core.errors import UserError
 from ..tracking import connection, sweeps
-from ..tracking.history import Selection, SelectionError, result_test_acc
-from ..tracking.runs import JOB_TAG, SWEEP_TAG, RunSpec, mark_launched_run, tracked_run
+from ..tracking.runs import FINISHED, JOB_TAG, SWEEP_TAG, RunSpec, mark_launched_run, tracked_run
+from ..tracking.training_runs import Selection, SelectionError, result_test_acc
 from .cluster import check_reach
-from .executors import (
-    Launch,
-    Outcome,
-    check_ray_address,
-    local_slots,
-    ray_session,
-    run_local,
-    run_ray,
-    trial_gpus,
-    visible_gpus,
-)
+from .executors import Launch, Outcome, local_slots, run_local, visible_gpus
 from .grid import Grid, expand
 from .plan import Planned, child_args, make_plan, plan_lines
-from .progress import Board, Row, summary_table
+from .progress import Board, ConfigurationResult, results_table
+from .ray_executor import check_ray_address, ray_session, run_ray, trial_gpus
+
+if TYPE_CHECKING:
+    from mlflow.entities import Experiment, Run
 
 
 @dataclass(frozen=True)
@@ -64,9 +59,9 @@ def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str
     uri = connection.connect()
     experiment = sweeps.sweep_experiment(base.experiment, create=not dry_run)
     name = experiment.name if experiment else base.experiment
-    configs = expand(dataclasses.replace(base, experiment=name), grid.axes, seeds)
-    parent, children = sweeps.earlier_runs(experiment, sweep_id)
-    plan = make_plan(configs, children)
+    earlier = sweeps.earlier_sweep(experiment, sweep_id)
+    plan = make_plan(expand(dataclasses.replace(base, experiment=name), grid.axes, seeds),
+                     earlier.children)  # fmt: skip
     todo = [p for p in plan if p.action != "skip"]
     click.echo(
         f"sweep {sweep_id}: {len(plan)} configurations ({len(todo)} to train) in experiment "
@@ -80,50 +75,69 @@ def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str
         mark_launched_run(f"sweep-{sweep_id} (dry run)", {"dry_run": "true"})
         click.echo("dry run: nothing was started")
         return
-    if not todo and parent is not None and parent.info.status == "FINISHED":
-        click.echo(
-            f"nothing to train: every configuration has finished (parent run {parent.info.run_id})"
-        )
+    if not todo and earlier.parent is not None and earlier.parent.info.status == FINISHED:
+        click.echo(f"nothing to train: every configuration has finished (parent run "
+                   f"{earlier.parent.info.run_id})")  # fmt: skip
         return
-    spec = RunSpec(
-        experiment=name, name=f"sweep-{sweep_id}",
-        tags={**grid.tags, SWEEP_TAG: sweep_id, JOB_TAG: sweeps.JOB},
-        params={"sweep.grid": grid.describe_axes()[:6000], "sweep.grid_source": grid.source,
-                "sweep.seeds": " ".join(map(str, seeds)), "sweep.configurations": len(plan),
-                **{f"base.{k}": v for k, v in base.as_params().items()}},
-        run_id=parent.info.run_id if parent else None,
-    )  # fmt: skip
+    spec = _parent_spec(grid, base, seeds, sweep_id, name, len(plan), earlier.parent)
     devices = {p.config.device for p in todo}
     with ray_session(execution.ray_address) if on_ray else contextlib.nullcontext():
-        gpus = (
-            trial_gpus(execution.gpus_per_trial, execution.runs_per_gpu, devices) if on_ray else 0.0
-        )
+        gpus = 0.0
+        if on_ray:  # before the parent run opens: GPUs the cluster lacks are refused
+            gpus = trial_gpus(execution.gpus_per_trial, execution.runs_per_gpu, devices)
         with tracked_run(spec) as parent_id:
-            sweeps.nest_launched_run(parent_id, sweep_id)
-            run_ids = sweeps.schedule_children(
-                experiment, parent_id, sweep_id,
-                [(p.key, p.config.run_name, p.previous) for p in todo], grid.tags,
-            )  # fmt: skip
-            launches = _launches(todo, run_ids, uri, experiment)
-            with Board([p.config.run_name for p in todo], [p.config.epochs for p in todo]) as board:
-                if on_ray:
-                    found = run_ray(launches, board, execution.cpus_per_trial, gpus,
-                                    execution.parallel, f"sweep-{sweep_id}")  # fmt: skip
-                else:
-                    gpu_ids = visible_gpus() if devices - {"cpu"} else []
-                    slots = local_slots(execution.parallel, execution.runs_per_gpu, gpu_ids)
-                    found = run_local(launches, board, slots)
-            rows = _rows(plan, {todo[i].key: outcome for i, outcome in found.items()})
-            click.echo(summary_table(rows))
-            if any(r.status == "FINISHED" for r in rows):
-                _compare_into(parent_id, name, sweep_id, output_dir)
-            failed = [r for r in rows if r.status != "FINISHED"]
-            if failed:  # the parent ends FAILED with this reason, and the sweep exits non-zero
-                raise UserError(
-                    f"{len(failed)} of {len(rows)} configurations did not finish: run the same "
-                    f"command with --sweep-id {sweep_id} to retry them"
-                )
+            found = _train(todo, experiment, parent_id, sweep_id, grid.tags, uri, execution, gpus)
+            _report(_results(plan, found), parent_id, name, sweep_id, output_dir)
     click.echo(f"sweep {sweep_id} finished: parent run {parent_id}")
+
+
+def _parent_spec(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str,
+                 experiment: str, configurations: int, earlier: Run | None) -> RunSpec:  # fmt: skip
+    return RunSpec(
+        experiment=experiment, name=f"sweep-{sweep_id}",
+        tags={**grid.tags, SWEEP_TAG: sweep_id, JOB_TAG: sweeps.JOB},
+        params={"sweep.grid": grid.describe_axes()[:6000], "sweep.grid_source": grid.source,
+                "sweep.seeds": " ".join(map(str, seeds)), "sweep.configurations": configurations,
+                **{f"base.{k}": v for k, v in base.as_params().items()}},
+        run_id=earlier.info.run_id if earlier else None,
+    )  # fmt: skip
+
+
+def _train(todo: Sequence[Planned], experiment: Experiment, parent_id: str, sweep_id: str,
+           tags: Mapping[str, str], uri: str, execution: Execution,
+           gpus: float) -> dict[str, Outcome]:  # fmt: skip
+    """Train the configurations `todo` in child runs of the parent run, on Ray or here, with a
+    line each on the board; returns each one's outcome by configuration key."""
+    sweeps.nest_launched_run(parent_id, sweep_id)
+    run_ids = sweeps.schedule_children(
+        experiment, parent_id, sweep_id, [(p.key, p.config.run_name, p.previous) for p in todo],
+        tags,
+    )  # fmt: skip
+    launches = _launches(todo, run_ids, uri, experiment)
+    with Board([p.config.run_name for p in todo], [p.config.epochs for p in todo]) as board:
+        if execution.executor == "ray":
+            found = run_ray(launches, board, execution.cpus_per_trial, gpus, execution.parallel,
+                            f"sweep-{sweep_id}")  # fmt: skip
+        else:
+            gpu_ids = visible_gpus() if {p.config.device for p in todo} - {"cpu"} else []
+            slots = local_slots(execution.parallel, execution.runs_per_gpu, gpu_ids)
+            found = run_local(launches, board, slots)
+    return {todo[i].key: outcome for i, outcome in found.items()}
+
+
+def _report(results: Sequence[ConfigurationResult], parent_id: str, experiment: str,
+            sweep_id: str, output_dir: str) -> None:  # fmt: skip
+    """The results table, and the compare report on the parent run; a configuration that did
+    not finish makes the parent end FAILED and the sweep exit non-zero."""
+    click.echo(results_table(results))
+    if any(r.status == FINISHED for r in results):
+        _compare_into(parent_id, experiment, sweep_id, output_dir)
+    failed = [r for r in results if r.status != FINISHED]
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {len(results)} configurations did not finish: run the same "
+            f"command with --sweep-id {sweep_id} to retry them"
+        )
 
 
 def _launches(
@@ -151,19 +165,22 @@ def check_ray(execution: Execution, uri: str, configs: Sequence[TrainConfig]) ->
     check_ray_address(execution.ray_address)
 
 
-def _rows(plan: Sequence[Planned], outcomes: Mapping[str, Outcome]) -> list[Row]:
-    rows = []
+def _results(
+    plan: Sequence[Planned], outcomes: Mapping[str, Outcome]
+) -> list[ConfigurationResult]:
+    results = []
     for p in plan:
         if p.action == "skip":
             run = p.previous
-            rows.append(Row(p.config.run_name, "FINISHED", result_test_acc(run.data.metrics),
-                            None, run.info.run_id, earlier=True))  # fmt: skip
+            results.append(ConfigurationResult(
+                p.config.run_name, FINISHED, result_test_acc(run.data.metrics), None,
+                run.info.run_id, earlier=True,
+            ))  # fmt: skip
         else:
             o = outcomes.get(p.key, Outcome("not run", reason="the executor lost it"))
-            rows.append(
-                Row(p.config.run_name, o.status, o.test_acc, o.seconds, o.run_id, o.reason)
-            )
-    return rows
+            results.append(ConfigurationResult(p.config.run_name, o.status, o.test_acc,
+                                               o.seconds, o.run_id, o.reason))  # fmt: skip
+    return results
 
 
 def _compare_into(parent_id: str, experiment: str, sweep_id: str, output_dir: str) -> None:

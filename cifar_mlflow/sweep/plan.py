@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from ..core.config import TrainConfig
 from ..core.errors import UserError
 from ..tracking import connection, tuning
-from ..tracking.history import result_test_acc
-from ..tracking.runs import FAILURE_TAG, FINISHED
+from ..tracking.runs import FAILURE_TAG, FINISHED, TUNED_FROM_TAG
+from ..tracking.training_runs import result_test_acc
 from .grid import Grid, config_key
 
 # What the finals take from the sweep rather than the tune: the full epochs, over its seeds,
@@ -93,4 +93,4 @@ def tuned_grid(tune_id: str, given: Collection[str], base: TrainConfig) -> Grid:
          if f.name not in (*SWEEP_OWN, *given) and getattr(c, f.name) != getattr(base, f.name)}
         for c in tuning.tuned_configs(tune_id)
     )  # fmt: skip
-    return Grid(axes=axes, source=f"tune {tune_id}", tags={tuning.TUNED_FROM_TAG: tune_id})
+    return Grid(axes=axes, source=f"tune {tune_id}", tags={TUNED_FROM_TAG: tune_id})

@@ -20,7 +20,7 @@ from .executors import Outcome
 
 
 @dataclass(frozen=True)
-class Row:
+class ConfigurationResult:
     """One configuration of the sweep as the summary shows it."""
 
     name: str
@@ -110,7 +110,7 @@ def duration(seconds: float) -> str:
     )
 
 
-def summary_table(rows: Sequence[Row]) -> str:
+def results_table(rows: Sequence[ConfigurationResult]) -> str:
     header = ("configuration", "status", "test acc*", "time", "run")
     cells = [header] + [
         (

@@ -4,9 +4,6 @@ epoch's metrics linked to them, and any logged or registered model loaded back.
 Format pt2 (torch.export): the file holds the graph and the weights and no pickle, so a site
 that sets MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false still loads it, where cifar_mlflow is not
 installed. `mlflow.pytorch.load_model` gives a torch.fx GraphModule with our parameter names.
-Measured here (2 cores): logging a Ghost-ResNet-18 took 5.1 s the first time in a process (2.0 s
-of it MLflow checking the pip requirements, 1.2 s loading the model back to validate the input
-example, which we skip, 1.1 s torch.export) and about half that afterwards.
 """
 
 from __future__ import annotations
@@ -18,8 +15,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from ..core.errors import UserError
-
-CHECKPOINT_NAMES = ("best", "final")  # the LoggedModels of a run: best validation epoch, last
 
 
 def log_checkpoint(

@@ -17,8 +17,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ..core.errors import UserError
-from .history import where_training_runs_are
 from .runs import FAILURE_TAG, FINISHED
+from .training_runs import where_training_runs_are
 
 # The registry's rules for an alias (MLflow's model registry documentation): letters, digits,
 # '_' and '-', at most 255 characters; "latest" and "v<number>" are reserved. Checked before

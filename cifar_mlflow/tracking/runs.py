@@ -29,6 +29,7 @@ from .connection import TrackingError, tracking_uri
 FAILURE_TAG = "failure_reason"  # on FAILED and KILLED runs: why the run did not finish
 JOB_TAG = "job"  # what made a run other than a training: compare, export, sweep
 SWEEP_TAG = "sweep_id"  # the sweep a run belongs to (its parent and its children)
+TUNED_FROM_TAG = "tuned_from"  # on `sweep --tuned` runs: the tune whose settings they train at
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # MLflow's RunStatus names
 UNFINISHED = ("RUNNING", "SCHEDULED")
 # MLflow retries a failed request for ~4 minutes (7 retries, backoff 2 s doubling). Right while

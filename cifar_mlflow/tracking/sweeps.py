@@ -20,7 +20,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from .history import result_test_acc
 from .runs import (
     FAILED,
     FAILURE_TAG,
@@ -33,6 +32,7 @@ from .runs import (
     launched_run_id,
     usable,
 )
+from .training_runs import result_test_acc
 
 CONFIG_TAG = "sweep_config"
 JOB = "sweep"
@@ -60,11 +60,19 @@ def sweep_experiment(name: str, create: bool) -> Experiment | None:
     return usable(found) if found is not None else None
 
 
-def earlier_runs(experiment: Experiment | None, sweep_id: str) -> tuple[Run | None, dict[str, Run]]:
+@dataclass(frozen=True)
+class EarlierSweep:
+    """What earlier invocations of a sweep left on the server."""
+
+    parent: Run | None
+    children: Mapping[str, Run]  # by configuration key
+
+
+def earlier_sweep(experiment: Experiment | None, sweep_id: str) -> EarlierSweep:
     """The sweep's parent run and its children by configuration key. Should a configuration have
     several runs (two invocations at once), a finished one counts, else the latest."""
     if experiment is None:
-        return None, {}
+        return EarlierSweep(None, {})
     runs = mlflow.search_runs(
         [experiment.experiment_id], f"tags.{SWEEP_TAG} = '{sweep_id}'", output_format="list"
     )
@@ -73,7 +81,8 @@ def earlier_runs(experiment: Experiment | None, sweep_id: str) -> tuple[Run | No
     for run in sorted(runs, key=lambda r: (r.info.status == FINISHED, r.info.start_time or 0)):
         if CONFIG_TAG in run.data.tags:
             children[run.data.tags[CONFIG_TAG]] = run
-    return (min(parents, key=lambda r: r.info.start_time) if parents else None), children
+    first = min(parents, key=lambda r: r.info.start_time) if parents else None
+    return EarlierSweep(first, children)
 
 
 def nest_launched_run(parent_id: str, sweep_id: str) -> None:

@@ -43,7 +43,7 @@ def log_facts(facts: dict[str, object]) -> None:
     mlflow.log_metrics({k: float(facts[k]) for k in ("model_params", "model_flops") if k in facts})
 
 
-def log_summary(history: list[EpochMetrics], stopped_early: str | None = None) -> None:
+def log_summary_metrics(history: list[EpochMetrics], stopped_early: str | None = None) -> None:
     """What the run is judged by, at the step of its last epoch: the epoch chosen on validation
     (`best_epoch`, `best_val_acc`), the test accuracy of that epoch (`test_acc_at_best`: reported,
     never used to choose), and the last epoch's (`final_test_acc`). No maximum of test accuracy
@@ -52,10 +52,11 @@ def log_summary(history: list[EpochMetrics], stopped_early: str | None = None) -
         mlflow.set_tag("stopped_early", stopped_early)
     final = history[-1]
     summary = {"final_test_acc": final.test_acc}
-    best = best_epoch(history)
+    best = best_epoch((m.epoch, m.val_acc) for m in history)
     if best is not None:
+        at_best = next(m for m in history if m.epoch == best.epoch)
         summary |= {"best_epoch": best.epoch, "best_val_acc": best.val_acc,
-                    "test_acc_at_best": best.test_acc}  # fmt: skip
+                    "test_acc_at_best": at_best.test_acc}  # fmt: skip
     mlflow.log_metrics(summary, step=final.epoch)
 
 

@@ -36,7 +36,6 @@ PRUNED_TAG, PRUNED_EPOCH_TAG = "pruned", "pruned_at_epoch"
 BEST_RUN_TAG = "best_trial_run"
 TUNED_TAGS = ("tuned_lr", "tuned_weight_decay")  # on a configuration's run: its best settings
 PARENT_TAG = MLFLOW_PARENT_RUN_ID
-TUNED_FROM_TAG = "tuned_from"  # on `sweep --tuned` runs: the tune whose settings they train at
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class TrialRecord:
 
 
 @dataclass(frozen=True)
-class Earlier:
+class EarlierTune:
     """What earlier invocations of a tune left on the server."""
 
     parent: Run | None
@@ -63,9 +62,9 @@ class Earlier:
     trials: Sequence[TrialRecord]
 
 
-def earlier_runs(experiment: Experiment | None, tune_id: str) -> Earlier:
+def earlier_tune(experiment: Experiment | None, tune_id: str) -> EarlierTune:
     if experiment is None:
-        return Earlier(None, {}, [])
+        return EarlierTune(None, {}, [])
     runs = mlflow.search_runs(
         [experiment.experiment_id], f"tags.{TUNE_TAG} = '{tune_id}'", output_format="list"
     )
@@ -74,7 +73,7 @@ def earlier_runs(experiment: Experiment | None, tune_id: str) -> Earlier:
     configurations = {r.data.tags[CONFIG_TAG]: r for r in runs
                       if r.data.tags.get(JOB_TAG) == CONFIG_JOB}  # fmt: skip
     trials = [trial_record(r) for r in runs if TRIAL_TAG in r.data.tags]
-    return Earlier(parents[0] if parents else None, configurations, trials)
+    return EarlierTune(parents[0] if parents else None, configurations, trials)
 
 
 def trial_record(run: Run) -> TrialRecord:
@@ -188,7 +187,7 @@ def log_best(configuration_run: str, best: TrialRecord | None) -> None:
     client.log_batch(configuration_run, metrics=metrics, tags=tags)
 
 
-def log_summary(parent_run: str, table: Mapping[str, list], figures: Mapping[str, object]) -> None:
+def log_tune_summary(parent_run: str, table: Mapping[str, list], figures: Mapping[str, object]) -> None:
     log_table(parent_run, table, "tune/best.json")
     for name, figure in figures.items():
         log_figure(parent_run, figure, f"tune/val_acc_vs_lr-{name}.png")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,48 +61,75 @@ def run_training(
     its last checkpoint instead of starting over. `tags` go on the run beside its own (a parent
     run's id, say). `on_epoch` may raise core.engine.StopTraining to end training early: the
     run then ends FINISHED, tagged `stopped_early` with the reason. `log_models=False` skips
-    the `best` and `final` LoggedModels: a tune's trials only rank settings, and logging the two
-    costs ~5 s per run here (bench/bench_model_logging.py)."""
+    the `best` and `final` LoggedModels: a tune's trials only rank settings (measured: logging
+    the two costs ~5 s per run here, bench/bench_model_logging.py)."""
     with StopOnSignal() as stop, tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
-        device = resolve_device(config.device)
-        connection.connect()
-        run_id = _run_to_continue(resume)
-        if not run_id:
-            check_experiment(config.experiment)
-        state = (
-            _saved_state(run_id, resume is not None, config, device, Path(tmp)) if run_id else None
-        )
-        data = load_cifar10(
-            config.data_dir, config.train_limit, config.test_limit, config.val_size, config.seed
-        )
-        recorder = EpochRecorder(Path(tmp), on_epoch, saved=state["epoch"] if state else 0)
+        start = _prepare(config, resume, Path(tmp))
+        recorder = EpochRecorder(Path(tmp), on_epoch, saved=start.epochs_done)
 
         def steps(batches, epoch: int) -> Iterable:
             return recorder.outbox.guard(stop.steps(wrap(batches, epoch) if wrap else batches))
 
         opened = None
         try:
-            with tracked_run(training.training_run(config, run_id, tags)) as opened:
-                trainer = Trainer(config, data, device)
-                done, best = checkpoint.restore(trainer, state) if state else ([], BestWeights())
-                facts = _facts(trainer, data)
-                if done:
-                    log_missing_epochs(opened, done)
-                else:
-                    training.log_facts(facts)
-                    log_inputs(run_datasets(data))  # a resumed run has them
-                on_start(opened, facts)
+            with tracked_run(training.training_run(config, start.run_id, tags)) as opened:
+                trainer = Trainer(config, start.data, start.device)
+                done, best = [], BestWeights()
+                if start.state:
+                    done, best = checkpoint.restore(trainer, start.state)
+                _record_start(opened, trainer, start.data, done, on_start)
                 with Outbox(opened) as outbox:
                     recorder.start(trainer, done, best, outbox)
                     result = trainer.fit(recorder, steps, done)
-                training.log_summary(result.history, result.stopped_early)
+                training.log_summary_metrics(result.history, result.stopped_early)
                 if log_models:
-                    _log_checkpoints(result, recorder.best, data)
+                    _log_checkpoints(result, recorder.best, start.data)
         except Interrupted as e:
             if opened:
                 e.add_note(_resume_hint(opened, recorder.saved))
             raise
         return opened
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a training starts from, all checked before a run is opened (so bad input never
+    leaves a run behind): the device, the run to continue and its saved state, the data."""
+
+    device: torch.device
+    run_id: str | None  # a run to continue (resumed, or made by `mlflow run`); None: a new one
+    state: dict | None  # the continued run's last checkpoint
+    data: Cifar10
+
+    @property
+    def epochs_done(self) -> int:
+        return self.state["epoch"] if self.state else 0
+
+
+def _prepare(config: TrainConfig, resume: str | None, workdir: Path) -> Start:
+    device = resolve_device(config.device)
+    connection.connect()
+    run_id = _run_to_continue(resume)
+    if not run_id:
+        check_experiment(config.experiment)
+    state = _saved_state(run_id, resume is not None, config, device, workdir) if run_id else None
+    data = load_cifar10(
+        config.data_dir, config.train_limit, config.test_limit, config.val_size, config.seed
+    )
+    return Start(device, run_id, state, data)
+
+
+def _record_start(run_id: str, trainer: Trainer, data: Cifar10, done: list[EpochMetrics],
+                  on_start: Callable[[str, dict], None]) -> None:  # fmt: skip
+    """The run's facts and data inputs (a resumed run has them; it gets the epochs its checkpoint
+    holds that the server lacks), then tell the caller."""
+    facts = _facts(trainer, data)
+    if done:
+        log_missing_epochs(run_id, done)
+    else:
+        training.log_facts(facts)
+        log_inputs(run_datasets(data))
+    on_start(run_id, facts)
 
 
 class EpochRecorder:
@@ -119,7 +147,7 @@ class EpochRecorder:
 
     def __call__(self, metrics: EpochMetrics) -> None:
         self.history.append(metrics)
-        self.best.offer(metrics, self.trainer.model)
+        self.best.offer(metrics.epoch, metrics.val_acc, self.trainer.model)
         path = self.workdir / f"epoch-{metrics.epoch}" / CHECKPOINT_FILE
         checkpoint.save(checkpoint.capture(self.trainer, self.history, self.best), path)
         self.saved = metrics.epoch

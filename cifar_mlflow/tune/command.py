@@ -10,16 +10,13 @@ import time
 
 import click
 
-from ..core.config import DEFAULT_EXPERIMENT, OPTIMIZERS
-from ..options import EXPERIMENT_NAME, FLOAT32_MAX, POSITIVE_INT, RESOURCE_SHARE
-from ..sweep.command import SWEEP_ID, TRAIN_OPTIONS, requested_grid
+from ..core.config import DEFAULT_EXPERIMENT
+from ..options import EXPERIMENT_NAME, FLOAT32_MAX, GROUP_ID, POSITIVE_INT, RESOURCE_SHARE
+from ..sweep.command import TRAIN_OPTIONS, requested_grid
 from ..sweep.command import sweep as sweep_command
 from ..sweep.grid import Grid
+from .ranges import DEFAULT_LR_RANGES, SEARCHED
 
-# Log-uniform ranges wide enough to hold each optimizer's usual best on CIFAR-10 ResNets at
-# batch 128 (SGD ~0.1, momentum ~0.05, Adam ~1e-3) with a decade or more either side.
-DEFAULT_LR_RANGES = {"sgd": (1e-3, 1.0), "momentum": (1e-4, 0.3), "adam": (1e-5, 1e-2)}
-assert set(DEFAULT_LR_RANGES) == set(OPTIMIZERS)
 OPTIMIZER_STUDY = Grid(axes=({"optimizer": tuple(DEFAULT_LR_RANGES)},), source="optimizer study")
 ONE_CONFIGURATION = Grid(axes=({},), source="command line")  # the base config alone
 DEFAULT_TRIAL_EPOCHS = 10
@@ -27,7 +24,6 @@ DEFAULT_STORAGE_ROOT = "outputs/tunes"
 # Trials are short runs at every setting tried: filed apart from the study's runs, compare's
 # default experiment never mixes them in.
 TUNE_EXPERIMENT = f"{DEFAULT_EXPERIMENT}-tune"
-SEARCHED = ("lr",)  # not options of a tune: what it searches
 # The sweep's train options (and --no-system-metrics), but --epochs, the trials' budget here.
 GRID_OPTIONS = [p for p in sweep_command.params
                 if p.name in {*TRAIN_OPTIONS, "no_system_metrics"} - {*SEARCHED, "epochs", "experiment"}]  # fmt: skip
@@ -65,12 +61,6 @@ def _refuse_searched(ctx, param, value) -> None:
         )
 
 
-def _check_tune_id(ctx, param, value: str | None) -> str | None:
-    if value is not None and not SWEEP_ID.match(value):
-        raise click.BadParameter(f"{value!r}: use letters, digits, '.', '_' and '-' (at most 64)")
-    return value
-
-
 RANGES_HELP = ", ".join(f"{o} {lo:g}..{hi:g}" for o, (lo, hi) in DEFAULT_LR_RANGES.items())
 
 
@@ -99,7 +89,7 @@ RANGES_HELP = ", ".join(f"{o} {lo:g}..{hi:g}" for o, (lo, hi) in DEFAULT_LR_RANG
 @click.option("--prune-after", type=click.IntRange(min=0), default=3, show_default=True,
               help="once N trials of a configuration completed, stop a trial at an epoch where its "
                    "val acc is below their median there")  # fmt: skip
-@click.option("--tune-id", callback=_check_tune_id, default=None,
+@click.option("--tune-id", type=GROUP_ID, default=None,
               help="resume this tune: trials it finished stay, none is added twice  [default: a "
                    "new id]")  # fmt: skip
 @click.option("--storage", type=click.Path(dir_okay=False), default=None,

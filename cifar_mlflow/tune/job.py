@@ -17,24 +17,26 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..core.config import TrainConfig
 from ..core.engine import Diverged
 from ..core.errors import UserError
-from ..sweep.executors import ray_session, trial_gpus
 from ..sweep.grid import Grid, config_key, expand
 from ..sweep.job import Execution, check_ray
+from ..sweep.ray_executor import ray_session, trial_gpus
 from ..tracking import connection, sweeps, tuning
 from ..tracking.runs import FINISHED, tracked_run
 from ..train.job import run_training
 from .charts import val_acc_vs_lr
-from .command import DEFAULT_LR_RANGES, SEARCHED
-from .progress import Row, TrialLines, best_trial, summary_table, summary_text
+from .progress import ConfigurationTrials, TrialLines, best_trial, summary_columns, summary_text
+from .ranges import DEFAULT_LR_RANGES, SEARCHED
 from .search import EpochWatch, Search, Space, open_storage
 
-# A trial whose loss or weights stopped being finite: a finding about its settings, not a fault.
+if TYPE_CHECKING:
+    from mlflow.entities import Experiment
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class TuneSettings:
 
 
 @dataclass
-class Configuration:
+class ConfigurationSearch:
     """One configuration of the tune: the config its trials start from, its study, its run."""
 
     config: TrainConfig
@@ -75,66 +77,95 @@ def run_tune(grid: Grid, base: TrainConfig, tune_id: str, settings: TuneSettings
     if on_ray:
         check_ray(execution, connection.tracking_uri(), configs)
     uri = connection.connect()
-    earlier = tuning.earlier_runs(sweeps.sweep_experiment(base.experiment, create=False), tune_id)
-    path = Path(storage_path)
+    plan = _open_searches(configs, tune_id, settings, Path(storage_path), uri)
+    todo = sum(c.todo(settings.trials) for c in plan.searches)
+    click.echo(_describe(plan, grid, base, tune_id, settings, todo, uri, storage_path))
+    parent = plan.earlier.parent
+    if not todo and parent is not None and parent.info.status == FINISHED:
+        click.echo(f"nothing to tune: every configuration has its {settings.trials} trials "
+                   f"(parent run {parent.info.run_id})")  # fmt: skip
+        click.echo(summary_text(_summaries(plan.searches, plan.earlier)))
+        return
+    params = {"tune.grid": grid.describe_axes()[:6000], "tune.grid_source": grid.source,
+              "tune.trials": settings.trials, "tune.prune_after": settings.prune_after,
+              "tune.executor": execution.executor, "tune.storage": storage_path,
+              **{f"base.{k}": v for k, v in base.as_params().items() if k not in SEARCHED}}  # fmt: skip
+    with tuning.tune_run(tuning.parent_spec(plan.experiment.name, tune_id, params, parent)) as run:
+        with ray_session(execution.ray_address) if on_ray else contextlib.nullcontext():
+            for c in plan.searches:
+                if c.todo(settings.trials) or c.run is None or c.run.info.status != FINISHED:
+                    _tune_configuration(c, tune_id, settings, execution, uri)
+        found = tuning.earlier_tune(plan.experiment, tune_id)
+        _summarise(run, _summaries(plan.searches, found))
+    click.echo(
+        f"tune {tune_id} finished: parent run {run}; train the finals at the tuned settings "
+        f"with `cifar-mlflow sweep --tuned {tune_id} --seeds 3`"
+    )
+
+
+def _describe(plan: TunePlan, grid: Grid, base: TrainConfig, tune_id: str,
+              settings: TuneSettings, todo: int, uri: str, storage_path: str) -> str:  # fmt: skip
+    lines = [
+        f"tune {tune_id}: {len(plan.searches)} configurations x {settings.trials} trials of "
+        f"{base.epochs} epochs ({todo} trials to run) in experiment {plan.experiment.name!r} on "
+        f"{uri}",
+        f"  grid ({grid.source}): {grid.describe_axes() or 'one configuration'}; study file "
+        f"{storage_path}",
+    ]
+    if plan.interrupted:
+        lines.append(f"  {plan.interrupted} interrupted trials of an earlier run are failed")
+    lines += [f"  {c.name}: {c.search.space.describe()}; {c.todo(settings.trials)} to run"
+              for c in plan.searches]  # fmt: skip
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TunePlan:
+    """The tune's configurations with their studies, and what earlier invocations left."""
+
+    experiment: Experiment
+    earlier: tuning.EarlierTune
+    searches: list[ConfigurationSearch]
+    interrupted: int  # trials an earlier invocation left running, now failed
+
+
+def _open_searches(configs: Sequence[TrainConfig], tune_id: str, settings: TuneSettings,
+                   path: Path, uri: str) -> TunePlan:  # fmt: skip
+    """Each configuration's study in the tune's study file, with its run of an earlier
+    invocation; trials that invocation left running (killed hard) are failed, in the study and
+    on the server."""
+    experiment_name = configs[0].experiment
+    earlier = tuning.earlier_tune(sweeps.sweep_experiment(experiment_name, create=False), tune_id)
     if earlier.parent is not None and not path.exists():
         raise UserError(
             f"tune {tune_id} has runs on {uri} but its study file {path} is missing: run from the "
             "directory it started in, or give its --storage"
         )
     storage = open_storage(path, tune_id)
-    experiment = sweeps.sweep_experiment(base.experiment, create=True)
-    tuned = [_configuration(dataclasses.replace(c, experiment=experiment.name), tune_id, storage,
-                            settings, earlier) for c in configs]  # fmt: skip
-    interrupted = sum(c.search.fail_interrupted() for c in tuned)
+    experiment = sweeps.sweep_experiment(experiment_name, create=True)
+    searches = [_configuration(dataclasses.replace(c, experiment=experiment.name), tune_id,
+                               storage, settings, earlier) for c in configs]  # fmt: skip
+    interrupted = sum(c.search.fail_interrupted() for c in searches)
     tuning.end_abandoned_trials(earlier.trials)
-    todo = sum(c.todo(settings.trials) for c in tuned)
-    click.echo(
-        f"tune {tune_id}: {len(tuned)} configurations x {settings.trials} trials of "
-        f"{base.epochs} epochs ({todo} trials to run) in experiment {experiment.name!r} on {uri}"
-        f"\n  grid ({grid.source}): {grid.describe_axes() or 'one configuration'}; study file {path}"
-        + (f"\n  {interrupted} interrupted trials of an earlier run are failed" if interrupted else "")
-    )  # fmt: skip
-    for c in tuned:
-        click.echo(f"  {c.name}: {c.search.space.describe()}; {c.todo(settings.trials)} to run")
-    if not todo and earlier.parent is not None and earlier.parent.info.status == FINISHED:
-        click.echo(f"nothing to tune: every configuration has its {settings.trials} trials "
-                   f"(parent run {earlier.parent.info.run_id})")  # fmt: skip
-        click.echo(summary_text(_rows(tuned, earlier)))
-        return
-    params = {"tune.grid": grid.describe_axes()[:6000], "tune.grid_source": grid.source,
-              "tune.trials": settings.trials, "tune.prune_after": settings.prune_after,
-              "tune.executor": execution.executor, "tune.storage": str(path),
-              **{f"base.{k}": v for k, v in base.as_params().items() if k not in SEARCHED}}  # fmt: skip
-    spec = tuning.parent_spec(experiment.name, tune_id, params, earlier.parent)
-    with tuning.tune_run(spec) as parent_id:
-        with ray_session(execution.ray_address) if on_ray else contextlib.nullcontext():
-            for c in tuned:
-                if c.todo(settings.trials) or c.run is None or c.run.info.status != FINISHED:
-                    _tune_configuration(c, tune_id, settings, execution, uri)
-        _summarise(parent_id, _rows(tuned, tuning.earlier_runs(experiment, tune_id)))
-    click.echo(
-        f"tune {tune_id} finished: parent run {parent_id}; train the finals at the tuned settings "
-        f"with `cifar-mlflow sweep --tuned {tune_id} --seeds 3`"
-    )
+    return TunePlan(experiment, earlier, searches, interrupted)
 
 
 def _configuration(config: TrainConfig, tune_id: str, storage, settings: TuneSettings,
-                   earlier: tuning.Earlier) -> Configuration:  # fmt: skip
+                   earlier: tuning.EarlierTune) -> ConfigurationSearch:  # fmt: skip
     key = config_key(config)
     search = Search(storage, tune_id, key, settings.space(config), {"epochs": config.epochs},
                     config.seed, settings.prune_after)  # fmt: skip
-    return Configuration(config, key, search, earlier.configurations.get(key))
+    return ConfigurationSearch(config, key, search, earlier.configurations.get(key))
 
 
-def _summarise(parent_id: str, rows: Sequence[Row]) -> None:
+def _summarise(parent_id: str, summaries: Sequence[ConfigurationTrials]) -> None:
     """The table and the charts on the parent run, the table on the terminal; a configuration
     without a completed trial has no tuned setting: the parent ends FAILED and the tune exits
     non-zero."""
-    tuning.log_summary(parent_id, summary_table(rows),
-                       {r.name: val_acc_vs_lr(r.name, r.trials, r.best) for r in rows})  # fmt: skip
-    click.echo(summary_text(rows))
-    untuned = [r.name for r in rows if r.best is None]
+    figures = {s.name: val_acc_vs_lr(s.name, s.trials, s.best) for s in summaries}
+    tuning.log_tune_summary(parent_id, summary_columns(summaries), figures)
+    click.echo(summary_text(summaries))
+    untuned = [s.name for s in summaries if s.best is None]
     if untuned:
         raise UserError(
             f"{len(untuned)} configurations have no completed trial ({untuned[0]}...): lower or "
@@ -158,7 +189,7 @@ def check_configs(configs: Sequence[TrainConfig], grid: Grid, settings: TuneSett
         )
 
 
-def _tune_configuration(c: Configuration, tune_id: str, settings: TuneSettings,
+def _tune_configuration(c: ConfigurationSearch, tune_id: str, settings: TuneSettings,
                         execution: Execution, uri: str) -> None:  # fmt: skip
     spec = tuning.configuration_spec(
         c.config.experiment, tune_id, c.key, c.name,
@@ -215,10 +246,12 @@ def run_local_trial(search: Search, base: TrainConfig, tags: dict[str, str], nam
         lines.finished(label, watch.best, run_id)
 
 
-def _rows(tuned: Sequence[Configuration], found: tuning.Earlier) -> list[Row]:
-    rows = []
-    for c in tuned:
+def _summaries(searches: Sequence[ConfigurationSearch],
+               found: tuning.EarlierTune) -> list[ConfigurationTrials]:  # fmt: skip
+    summaries = []
+    for c in searches:
         mine = [t for t in found.trials if t.config_key == c.key]
         run = found.configurations.get(c.key)
-        rows.append(Row(c.name, run.info.run_id if run else "", mine, best_trial(mine)))
-    return rows
+        summaries.append(ConfigurationTrials(c.name, run.info.run_id if run else "", mine,
+                                             best_trial(mine)))  # fmt: skip
+    return summaries

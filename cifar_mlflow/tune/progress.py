@@ -42,7 +42,7 @@ class TrialLines:
 
 
 @dataclass(frozen=True)
-class Row:
+class ConfigurationTrials:
     """One configuration of the tune as the summary shows it."""
 
     name: str
@@ -61,7 +61,7 @@ def best_trial(trials: Sequence[TrialRecord]) -> TrialRecord | None:
     return max(complete, key=lambda t: t.best_val_acc, default=None)
 
 
-def summary_table(rows: Sequence[Row]) -> dict[str, list]:
+def summary_columns(rows: Sequence[ConfigurationTrials]) -> dict[str, list]:
     """The summary as columns (MLflow's table artifact); the best val acc is the max over the
     best trial's epochs on the validation split, the score the search maximised."""
     return {
@@ -75,7 +75,7 @@ def summary_table(rows: Sequence[Row]) -> dict[str, list]:
     }  # fmt: skip
 
 
-def summary_text(rows: Sequence[Row]) -> str:
+def summary_text(rows: Sequence[ConfigurationTrials]) -> str:
     width = max([len(r.name) for r in rows] + [len("configuration")])
     header = ["configuration".ljust(width), f"{'best lr':>9}", f"{'wd':>9}", "val acc", *OUTCOMES]
     lines = ["  " + "  ".join(header)]

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass
 
 from ..core.config import TrainConfig
 from ..core.engine import EpochMetrics
+from ..core.selection import BestEpoch
 from ..sweep.cluster import node_tags
-from ..sweep.executors import import_ray
 from ..sweep.job import Execution
+from ..sweep.ray_executor import fit_trials, import_ray
 from ..tracking import tuning
 from ..train.job import run_training
 from .progress import TrialLines
@@ -51,20 +51,16 @@ def run_ray_trials(search: Search, base: TrainConfig, todo: int, tags: dict[str,
     # stop_last_trials=False: a trial at its last epoch finishes its own run (summary, models).
     scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
                               max_t=base.epochs, grace_period=1, stop_last_trials=False)  # fmt: skip
-    progress = _progress(tune, name, base.epochs)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # as the sweep: no tables of Tune's own
-    trainable = tune.with_parameters(ray_trial, base=base, tags=tags, uri=uri)
-    with tempfile.TemporaryDirectory(prefix="cifar-mlflow-tune-") as storage:
-        tune.Tuner(
-            tune.with_resources(trainable, {"cpu": execution.cpus_per_trial, "gpu": gpus}),
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=todo,
-                                        max_concurrent_trials=execution.parallel or 0),
-            run_config=tune.RunConfig(name=f"tune-{name}", storage_path=storage, verbose=0,
-                                      callbacks=[progress]),
-        ).fit()  # fmt: skip
+    trials = TuneTrials(name, base.epochs)
+    fit_trials(
+        tune.with_parameters(ray_trial, base=base, tags=tags, uri=uri),
+        {"cpu": execution.cpus_per_trial, "gpu": gpus},
+        tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=todo,
+                        max_concurrent_trials=execution.parallel or 0),
+        trials, f"tune-{name}",
+    )  # fmt: skip
     for trial in tuning.trials_under(configuration_run):
-        seen = progress.seen.get(trial.trial, Seen(error=True))
+        seen = trials.seen.get(trial.trial, Seen(error=True))
         if trial.outcome == "running":
             stopped = None if seen.error or not seen.epoch else seen.epoch
             tuning.end_stopped_trial(trial.run_id, stopped, seen.best_val_acc,
@@ -77,13 +73,12 @@ def ray_trial(drawn: dict, base: TrainConfig, tags: dict[str, str], uri: str) ->
     from ray import tune
 
     os.environ["MLFLOW_TRACKING_URI"] = uri  # a worker of an existing cluster has its own env
-    best: list[float] = []
+    best = BestEpoch()
     run: dict[str, str] = {}
 
     def report(m: EpochMetrics) -> None:
-        if m.val_acc is not None:
-            best.append(max([m.val_acc, *best]))
-        tune.report({"epoch": m.epoch, "val_acc": m.val_acc, "best_val_acc": best[-1], **run})
+        best.offer(m.epoch, m.val_acc)
+        tune.report({"epoch": m.epoch, "val_acc": m.val_acc, "best_val_acc": best.val_acc, **run})
 
     config = dataclasses.replace(base, **drawn)
     trial = tune.get_context().get_trial_id()
@@ -92,40 +87,35 @@ def ray_trial(drawn: dict, base: TrainConfig, tags: dict[str, str], uri: str) ->
                  on_start=lambda run_id, facts: run.update(run_id=run_id))  # fmt: skip
 
 
-def _progress(tune, name: str, epochs: int):
-    """A Tune callback (its class is made once Ray is imported): a line per trial event, and
-    what each trial reported, to end the runs Ray stopped."""
+class TuneTrials:
+    """The driver's view of a configuration's Ray trials (sweep.ray_executor.TrialObserver): a
+    line per trial event, and what each trial reported, to end the runs Ray stopped."""
 
-    class Progress(tune.Callback):
-        def __init__(self):
-            self.lines = TrialLines()
-            self.seen: dict[str, Seen] = {}
+    def __init__(self, name: str, epochs: int):
+        self.name, self.epochs = name, epochs
+        self.lines = TrialLines()
+        self.seen: dict[str, Seen] = {}
 
-        def __getstate__(self):
-            return {}  # Tune pickles its run config; nothing here needs restoring
+    def label(self, trial) -> str:
+        return f"{self.name} trial {trial.trial_id}"
 
-        def label(self, trial) -> str:
-            return f"{name} trial {trial.trial_id}"
+    def started(self, trial) -> None:
+        self.seen[trial.trial_id] = Seen()
+        self.lines.started(self.label(trial), trial.config)
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.seen[trial.trial_id] = Seen()
-            self.lines.started(self.label(trial), trial.config)
+    def result(self, trial, result) -> None:
+        seen = self.seen.setdefault(trial.trial_id, Seen())
+        seen.epoch, seen.best_val_acc = result["epoch"], result["best_val_acc"]
+        seen.run_id = result.get("run_id", "")
+        self.lines.epoch(self.label(trial), result["epoch"], self.epochs, result["val_acc"])
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            seen = self.seen.setdefault(trial.trial_id, Seen())
-            seen.epoch, seen.best_val_acc = result["epoch"], result["best_val_acc"]
-            seen.run_id = result.get("run_id", "")
-            self.lines.epoch(self.label(trial), result["epoch"], epochs, result["val_acc"])
+    def complete(self, trial) -> None:
+        seen = self.seen.setdefault(trial.trial_id, Seen())
+        if seen.epoch < self.epochs:
+            self.lines.pruned(self.label(trial), seen.epoch, self.epochs)
+        else:
+            self.lines.finished(self.label(trial), seen.best_val_acc, seen.run_id)
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            seen = self.seen.setdefault(trial.trial_id, Seen())
-            if seen.epoch < epochs:
-                self.lines.pruned(self.label(trial), seen.epoch, epochs)
-            else:
-                self.lines.finished(self.label(trial), seen.best_val_acc, seen.run_id)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.seen.setdefault(trial.trial_id, Seen()).error = True
-            self.lines.failed(self.label(trial), f"see {trial.error_file}")
-
-    return Progress()
+    def error(self, trial) -> None:
+        self.seen.setdefault(trial.trial_id, Seen()).error = True
+        self.lines.failed(self.label(trial), f"see {trial.error_file}")

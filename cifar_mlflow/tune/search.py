@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from ..core.engine import EpochMetrics, StopTraining
 from ..core.errors import UserError
+from ..core.selection import BestEpoch
 
 OUTCOME = "outcome"  # a trial's user attr: complete, pruned, failed or interrupted
 COUNTED = ("complete", "pruned", "failed")
@@ -122,20 +123,26 @@ class Search:
 
 
 class EpochWatch:
-    """A trial's epoch callback: reports `val_acc` to the pruner, keeps the best, and stops the
-    training (core.engine.StopTraining) when the pruner says so before the last epoch."""
+    """A trial's epoch callback: reports `val_acc` to the pruner, keeps the best epoch (its val
+    acc is the trial's score), and stops the training (core.engine.StopTraining) when the pruner
+    says so before the last epoch."""
 
     def __init__(self, trial: optuna.Trial, epochs: int,
                  on_epoch: Callable[[EpochMetrics], None] = lambda m: None):  # fmt: skip
         self.trial, self.epochs, self.on_epoch = trial, epochs, on_epoch
-        self.best: float | None = None
+        self.best_epoch = BestEpoch()
         self.pruned_at: int | None = None
+
+    @property
+    def best(self) -> float | None:
+        """The trial's score: the val acc of its best epoch so far (None: no epoch had one)."""
+        return self.best_epoch.val_acc if self.best_epoch.found else None
 
     def __call__(self, metrics: EpochMetrics) -> None:
         self.on_epoch(metrics)
         if metrics.val_acc is None:
             return
-        self.best = metrics.val_acc if self.best is None else max(self.best, metrics.val_acc)
+        self.best_epoch.offer(metrics.epoch, metrics.val_acc)
         self.trial.report(metrics.val_acc, metrics.epoch)
         if metrics.epoch < self.epochs and self.trial.should_prune():
             self.pruned_at = metrics.epoch

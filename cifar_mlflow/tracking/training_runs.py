@@ -1,0 +1,106 @@
+"""Which runs are training runs, and finding them: the runs compare selects, the experiments
+that hold training runs (named in every "no runs here" error), and a finished run's result."""
+
+from __future__ import annotations
+
+import shlex
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ..core.errors import UserError
+from .connection import tracking_uri
+from .runs import FINISHED, SWEEP_TAG
+
+
+class SelectionError(UserError):
+    """Nothing to compare, or a selection MLflow cannot answer; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which training runs to read: those of `experiment`, narrowed by an MLflow search filter
+    and a sweep id, FINISHED only unless `include_unfinished`."""
+
+    experiment: str
+    filter: str = ""
+    sweep: str = ""
+    include_unfinished: bool = False
+
+    def describe(self) -> str:
+        narrowed = [f"--filter {self.filter!r}" if self.filter.strip() else "",
+                    f"--sweep {self.sweep!r}" if self.sweep else ""]  # fmt: skip
+        return " and ".join(x for x in narrowed if x)
+
+
+def training_runs(selection: Selection) -> list[Run]:
+    """The selected training runs: the `model` tag marks them, so compare's and export's own
+    runs never count."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(selection.experiment)
+    if found is None:
+        raise SelectionError(
+            f"experiment {selection.experiment!r} does not exist on {tracking_uri()}"
+            + (where_training_runs_are(selection.experiment)
+               or ": name one that holds training runs with --experiment")
+        )  # fmt: skip
+    clauses = [selection.filter.strip()] if selection.filter.strip() else []
+    clauses.append("tags.model IS NOT NULL")
+    if selection.sweep:
+        if "'" in selection.sweep:
+            raise SelectionError(f"--sweep {selection.sweep!r}: a sweep id cannot contain a quote")
+        clauses.append(f"tags.{SWEEP_TAG} = '{selection.sweep}'")
+    if not selection.include_unfinished:
+        clauses.append(f"attributes.status = '{FINISHED}'")
+    try:
+        runs = mlflow.search_runs(
+            [found.experiment_id], " AND ".join(clauses), output_format="list"
+        )
+    except MlflowException as e:
+        first_line = str(e.message).strip().splitlines()[0]
+        if selection.filter.strip():
+            raise SelectionError(
+                f"--filter {selection.filter!r} was refused: {first_line}"
+            ) from None
+        raise SelectionError(
+            f"searching experiment {selection.experiment!r} failed: {first_line}"
+        ) from None
+    runs = [r for r in runs if "model" in r.data.params]
+    if not runs:
+        what = "training runs" if selection.include_unfinished else "finished training runs"
+        where = selection.describe()
+        elsewhere = "" if where else where_training_runs_are(selection.experiment)
+        raise SelectionError(
+            f"no {what} in experiment {selection.experiment!r}"
+            f"{' matching ' + where if where else ''}"
+            + (elsewhere or ": train some first, or widen the selection")
+        )
+    return runs
+
+
+def result_test_acc(metrics: Mapping[str, float]) -> float | None:
+    """A finished run's test accuracy as a result: at its best-validation epoch
+    (test_acc_at_best), else at its last epoch (final_test_acc); None for a run without them."""
+    return metrics.get("test_acc_at_best", metrics.get("final_test_acc"))
+
+
+def where_training_runs_are(excluding: str) -> str:
+    """'; training runs are in experiment 'Default' (3 runs): pass --experiment Default', naming
+    the experiments other than `excluding` that hold training runs (`mlflow run` without
+    --experiment-name files them in 'Default'); '' when there are none."""
+    client = MlflowClient()
+    names = {e.experiment_id: e.name for e in client.search_experiments() if e.name != excluding}
+    if not names:
+        return ""
+    runs = client.search_runs(list(names), "tags.model IS NOT NULL", max_results=1000)
+    counts = Counter(names[r.info.experiment_id] for r in runs)
+    if not counts:
+        return ""
+    listed = ", ".join(f"{name!r} ({n} runs)" for name, n in counts.most_common(3))
+    first = counts.most_common(1)[0][0]
+    return f"; training runs are in experiment {listed}: pass --experiment {shlex.quote(first)}"
