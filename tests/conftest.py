@@ -22,7 +22,7 @@ from cifar_mlflow.testing.data import (  # noqa: F401 (re-exported for the tests
     write_torchvision_files,
 )
 from cifar_mlflow.testing.postgres import PostgresMissing, PostgresServer
-from cifar_mlflow.testing.server import MlflowServer, free_port  # noqa: F401
+from cifar_mlflow.testing.server import POOL_OF_40, MlflowServer, free_port  # noqa: F401
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,8 +73,10 @@ def postgres_server():
 
 @pytest.fixture(scope="session")
 def postgres_mlflow_server(postgres_server, tmp_path_factory):
+    """`mlflow server` on PostgreSQL, as README's team setup starts it."""
+    env = {**postgres_server.env, **POOL_OF_40}
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-postgres"), store=postgres_server.uri,
-                          env=postgres_server.env)  # fmt: skip
+                          env=env)  # fmt: skip
     try:
         server.wait_ready()
         yield server

@@ -154,10 +154,10 @@ def test_every_team_setup_command_in_the_readme_is_one_the_suite_runs(
 ):
     ran = [*postgres_server.commands, postgres_mlflow_server.command(), *cluster.commands,
            ["cifar-mlflow", *SWEEP], ["cifar-mlflow", *TUNE]]  # fmt: skip
-    environment = {*cluster.env, *postgres_server.env, "MLFLOW_TRACKING_URI"}
+    environment = {*cluster.env, *postgres_mlflow_server.env, "MLFLOW_TRACKING_URI"}
     suite = [program_and_options(argv) for argv in ran]
     lines = readme_team_setup()
-    assert len(lines) == 10
+    assert len(lines) == 11
     for line in lines:
         words = shlex.split(line.removeprefix("sudo -u postgres "))
         if words[0] == "export":

@@ -16,6 +16,9 @@ import requests
 
 # `mlflow server` starts in 20-50 s here, in minutes on a loaded shared machine (measured: 80 s).
 START_SECONDS = 300
+# A database connection for each of a server worker's request threads (anyio's 40), so that no
+# request waits for one: MLflow answers a wait over 30 s with a 400 (docs/scale.md).
+POOL_OF_40 = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "30"}
 
 
 def free_port() -> int:
