@@ -40,14 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 RUNS = (8, 32, 64)
 STORES = ("sqlite", "postgresql")
-# The server's database connections: MLflow's defaults (SQLAlchemy's pool of 5 + 10), and a pool
-# as large as one server worker's request threads (anyio's 40), so that no request waits for a
-# connection: a wait over 30 s is answered 400, which no MLflow client retries.
-POOLS = {
-    "default pool": {},
-    "pool of 40": {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10",
-                   "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "30"},
-}  # fmt: skip
+# The server's database connections: MLflow's defaults (SQLAlchemy's pool of 5 + 10), and one
+# for each of a server worker's request threads (testing.server.POOL_OF_40), README's setting.
+POOLS = ("default pool", "pool of 40")
 EPOCHS = 40
 EPOCH_SECONDS = 0.25
 CHECKPOINT_BYTES = 64 * 1024
@@ -191,10 +186,12 @@ def start_server(store: str, pool: str, root: Path):
     """`mlflow server` on sqlite, or on a PostgreSQL started here (with fsync, like sqlite's),
     with the `pool` of database connections."""
     from cifar_mlflow.testing.postgres import PostgresServer
-    from cifar_mlflow.testing.server import MlflowServer
+    from cifar_mlflow.testing.server import POOL_OF_40, MlflowServer
 
     database = PostgresServer(durable=True) if store == "postgresql" else None
-    env = {**(database.env if database else os.environ), **POOLS[pool]}
+    env = {**(database.env if database else os.environ)}
+    if pool == "pool of 40":
+        env.update(POOL_OF_40)
     server = MlflowServer(root, store=database.uri if database else None, env=env)
     server.wait_ready()
     return server, database
@@ -221,7 +218,7 @@ def write_report(results: dict, setup: dict) -> None:
     _, _, after = rest.partition(end)
     setup_line = (f"Measured {setup['date']} on {setup['machine']}: {setup['epochs']} epochs of "
                   f"{setup['epoch_seconds']} s per run, {setup['checkpoint_bytes'] // 1024} KiB "
-                  "checkpoint per epoch, one `mlflow server` worker, {setup['machine_note']}.")  # fmt: skip
+                  f"checkpoint per epoch, one `mlflow server` worker, {setup['machine_note']}.")  # fmt: skip
     (ROOT / "docs" / "scale.md").write_text(
         f"{before}{begin}\n{setup_line}\n\n" + "\n".join(lines) + f"\n{end}{after}"
     )
@@ -239,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, nargs="+", default=list(RUNS))
     parser.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES))
-    parser.add_argument("--pools", nargs="+", choices=list(POOLS), default=list(POOLS))
+    parser.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--epoch-seconds", type=float, default=EPOCH_SECONDS)
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/")
