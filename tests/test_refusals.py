@@ -43,7 +43,8 @@ def no_cifar(tmp_path):
     [
         ("foo://somewhere", "unsupported URI 'foo://somewhere'"),
         ("FILE_STORE", "filesystem tracking backend (e.g., './mlruns') is in maintenance mode"),
-        ("postgresql://user@127.0.0.1/db", "No module named"),  # no database driver installed
+        # a driver not installed (psycopg, the one the test extra installs, is what README uses)
+        ("postgresql+psycopg2://user@127.0.0.1/db", "No module named"),
         ("databricks", "Databricks credential configuration failed"),
     ],
 )
