@@ -46,7 +46,7 @@ from cifar_mlflow.testing.runs import log_synthetic_run
 from cifar_mlflow.tracking import history
 from cifar_mlflow.tracking.history import fetch_histories
 
-from .conftest import PROJECT_ROOT, free_port, tracking_on
+from .conftest import PROJECT_ROOT, free_port, on_both_stores, tracking_on
 
 
 def compare(*args: str):
@@ -235,12 +235,12 @@ def test_figures_show_bands_bars_the_floor_n_1_and_every_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def study(mlflow_server):
+def study(tracking_server):
     """Finished runs for all three comparisons (relu with three seeds), a run that failed after
     two epochs, and a run of another job; logged once for the tests of this module, which add
     only compare runs to it (and count them before and after)."""
     experiment = f"study-{uuid.uuid4().hex[:8]}"
-    with tracking_on(mlflow_server.uri):
+    with tracking_on(tracking_server.uri):
         ids = _log_study(experiment)
     return experiment, ids
 
@@ -377,6 +377,7 @@ def assert_row_matches_logged_metrics(row: dict[str, str], run_ids: list[str], c
     assert row["params"] == runs[0].data.params["model_params"]
 
 
+@on_both_stores
 def test_bulk_fetch_equals_one_call_per_run_and_metric(study, tracking, monkeypatch):
     """Chunks of 3 runs, replies cut at 7 points: the 4-epoch histories come back whole anyway,
     and equal to what a store without the bulk endpoint (sqlite, files) answers."""

@@ -1,7 +1,8 @@
 """The one run lifecycle every command uses (tracking.runs.tracked_run), against the real server:
 FINISHED on success, FAILED with failure_reason on an error, KILLED on SIGINT or SIGTERM (sent
 for real), the run `mlflow run` made is the one recorded into, and a continued run loses the
-failure reason of its earlier attempt."""
+failure reason of its earlier attempt. A run's lifecycle, and a dead process's run ended for it, on
+PostgreSQL too."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from mlflow.tracking import MlflowClient
 from cifar_mlflow.core.errors import UserError
 from cifar_mlflow.tracking.runs import FAILURE_TAG, RunSpec, end_abandoned, tracked_run
 
+from .conftest import on_both_stores
+
 
 def spec(experiment: str, **changes) -> RunSpec:
     return RunSpec(**{"experiment": experiment, "name": "lifecycle", "tags": {"job": "test"},
                       "params": {"answer": 42}, **changes})  # fmt: skip
 
 
+@on_both_stores
 def test_a_run_that_completes_is_finished_with_its_tags_and_params(tracking):
     with tracked_run(spec(tracking)) as run_id:
         assert mlflow.active_run().info.run_id == run_id
@@ -88,6 +92,7 @@ def test_a_continued_run_drops_its_earlier_failure_reason(tracking):
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 
+@on_both_stores
 def test_a_run_left_running_by_a_dead_process_is_ended_failed_and_an_ended_one_kept(tracking):
     client = MlflowClient()
     experiment_id = client.create_experiment(tracking)

@@ -20,7 +20,7 @@ from cifar_mlflow.core import checkpoint
 from cifar_mlflow.tracking.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG, RESUMED_TAG, SLOTS
 from cifar_mlflow.tracking.runs import FAILURE_TAG
 
-from .conftest import tiny_train_args, tracking_on
+from .conftest import on_both_stores, tiny_train_args, tracking_on
 from .processes import (
     DETERMINISTIC_KEYS,
     PER_EPOCH_KEYS,
@@ -68,10 +68,10 @@ def assert_same_as(run_id: str, reference: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(mlflow_server, image_folder) -> str:
+def uninterrupted(tracking_server, image_folder) -> str:
     """The reference run: same settings and seed, never stopped."""
     experiment = f"reference-{uuid.uuid4().hex[:8]}"
-    with tracking_on(mlflow_server.uri):
+    with tracking_on(tracking_server.uri):
         result = train(*resumable_args(image_folder, experiment))
         assert result.exit_code == 0, result.output
         [run] = mlflow.search_runs(experiment_names=[experiment], output_format="list")
@@ -102,6 +102,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
     assert MlflowClient().get_run(run_id).data.tags[RESUMED_TAG] == "1"
 
 
+@on_both_stores
 def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
     tracking, uninterrupted, tmp_path
 ):

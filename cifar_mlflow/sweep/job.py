@@ -28,6 +28,7 @@ from ..core.errors import UserError
 from ..tracking import connection, sweeps
 from ..tracking.runs import FINISHED, JOB_TAG, SWEEP_TAG, RunSpec, mark_launched_run, tracked_run
 from ..tracking.training_runs import Selection, SelectionError, result_test_acc
+from .cluster import check_reach
 from .executors import Launch, Outcome, local_slots, run_local, visible_gpus
 from .grid import Grid, expand
 from .plan import Planned, child_args, make_plan, plan_lines
@@ -52,10 +53,10 @@ class Execution:
 
 def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str, dry_run: bool,
               execution: Execution, output_dir: str) -> None:  # fmt: skip
-    uri = connection.connect()
     on_ray = execution.executor == "ray"
     if on_ray:
-        check_ray(execution, uri)
+        check_ray(execution, connection.tracking_uri(), expand(base, grid.axes, seeds))
+    uri = connection.connect()
     experiment = sweeps.sweep_experiment(base.experiment, create=not dry_run)
     name = experiment.name if experiment else base.experiment
     earlier = sweeps.earlier_sweep(experiment, sweep_id)
@@ -157,14 +158,10 @@ def _launches(
     ]
 
 
-def check_ray(execution: Execution, uri: str) -> None:
-    """Before anything starts: trials on a cluster must reach the tracking server over HTTP, and
-    the cluster must answer."""
-    if execution.ray_address and not connection.is_http(uri):
-        raise UserError(
-            f"trials on a Ray cluster cannot reach {uri}: set MLFLOW_TRACKING_URI to a tracking "
-            "server (http://...)"
-        )
+def check_ray(execution: Execution, uri: str, configs: Sequence[TrainConfig]) -> None:
+    """Before anything starts: trials on a cluster must reach the tracking server and the data
+    (cluster.check_reach), and the cluster must answer."""
+    check_reach(execution.ray_address, uri, {c.data_dir for c in configs})
     check_ray_address(execution.ray_address)
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from ..core.errors import UserError
 from ..train.events import as_dict, from_dict
+from .cluster import record_node, runtime_env
 from .executors import Launch, Observer, Outcome, launch, settle
 
 RAY_CONNECT_SECONDS = 5.0
@@ -157,12 +158,13 @@ def check_ray_address(address: str | None) -> None:
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Join the cluster at `address`, or start a local Ray instance for the sweep."""
+    """Join the cluster at `address`, or start a local Ray instance for the sweep ("local": not
+    one that `ray start` left running here). The trials get this package from the driver."""
     ray, _ = import_ray()
     check_ray_address(address)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)  # fmt: skip
+        ray.init(address=address or "local", runtime_env=runtime_env(), include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)  # fmt: skip
     except ConnectionError as e:
         raise UserError(f"cannot join Ray at {address}: {str(e).splitlines()[0]}") from None
     try:
@@ -194,6 +196,7 @@ def _trial(config: dict, launches: Mapping[int, Launch]) -> None:
     from ray import tune
 
     spec = launches[config["index"]]
+    record_node(spec.env["MLFLOW_TRACKING_URI"], spec.run_id)
     # None is no value for a Tune result (val_acc without a validation split): left out.
     outcome = launch(
         spec, lambda event: tune.report({k: v for k, v in as_dict(event).items() if v is not None})

@@ -1,5 +1,5 @@
-"""Real servers on 127.0.0.1 and a free port: `mlflow server` with a sqlite store, or any other
-that answers /health (a test's `mlflow models serve`). Each runs in its own process group (they
+"""Real servers on 127.0.0.1 and a free port: `mlflow server` with a sqlite store (or another
+database: testing/postgres.py), or any other that answers /health (a test's `mlflow models serve`). Each runs in its own process group (they
 spawn workers) and is stopped as a whole."""
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import requests
 
 # `mlflow server` starts in 20-50 s here, in minutes on a loaded shared machine (measured: 80 s).
 START_SECONDS = 300
+# A database connection for each of a server worker's request threads (anyio's 40), so that no
+# request waits for one: MLflow answers a wait over 30 s with a 400 (docs/scale.md).
+POOL_OF_40 = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "30"}
 
 
 def free_port() -> int:
@@ -72,17 +75,20 @@ class LocalServer:
 
 
 class MlflowServer(LocalServer):
-    """`mlflow server` over root/mlflow.db and root/artifacts, one worker, without MLflow's job
-    runner (GenAI jobs: measured, eight more processes and ~2 GB per server)."""
+    """`mlflow server` over root/mlflow.db (or `store`, a database URI; `env` with its password)
+    and root/artifacts, one worker, without MLflow's job runner (GenAI jobs: measured, eight
+    more processes and ~2 GB per server)."""
 
-    def __init__(self, root: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = (), store: str | None = None,
+                 env: dict[str, str] | None = None):  # fmt: skip
         self.extra_args = extra_args
-        super().__init__(root, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        self.store = store or f"sqlite:///{root / 'mlflow.db'}"
+        super().__init__(root, {**(env or os.environ), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--backend-store-uri", self.store,
             "--artifacts-destination", str(self.root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *self.extra_args,
         ]  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +31,8 @@ WAIT_VARIABLE = "CIFAR_MLFLOW_SERVER_WAIT"
 # A server that answered /health is there but may be slow: basic-auth hashes the password on
 # every request (measured: 4-10 s per request on a loaded 2-core machine without its auth cache).
 API_CHECK_SECONDS = 30
+# What the server says when its database had no connection free in time (SQLAlchemy's words).
+STORE_BUSY = re.compile(r"QueuePool limit of size \d+ overflow \d+ reached")
 
 
 class TrackingError(UserError):
@@ -58,10 +61,17 @@ def http_status(error: BaseException) -> int | None:
 
 def is_permanent(error: BaseException) -> bool:
     """A refusal that retrying cannot change: 4xx other than 429 (a deleted run, a refused
-    payload, no permission). Connection errors, timeouts (MLflow reports both as 500), 5xx and
-    429 (too many requests) may succeed later."""
+    payload, no permission). Connection errors, timeouts (MLflow reports both as 500), 5xx, 429
+    (too many requests) and a busy store (`is_store_busy`) may succeed later."""
     status = http_status(error)
-    return status is not None and 400 <= status < 500 and status != 429
+    return status is not None and 400 <= status < 500 and status != 429 and not is_store_busy(error)
+
+
+def is_store_busy(error: BaseException) -> bool:
+    """The server's database had no connection free in time: MLflow answers BAD_REQUEST (400)
+    to SQLAlchemy's pool timeout when many runs log at once (docs/scale.md). It passes. (A
+    database error as such, sqlite's "database is locked" among them, comes as 503.)"""
+    return STORE_BUSY.search(str(error)) is not None
 
 
 def tracking_uri() -> str:

@@ -5,6 +5,7 @@ and a later command can tell whether it holds the very images a run was scored o
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from ..core.data import Cifar10, Split, source_folder
 
 # The run's inputs carry a context tag; MLflow's UI shows it beside the dataset's name.
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+# How the server's store refuses a row that another request has just inserted: sqlite's words,
+# then PostgreSQL's (the server passes the database's error text on, with BAD_REQUEST).
+DUPLICATE_ROW = re.compile(
+    r"UNIQUE constraint failed|duplicate key value violates unique constraint"
+)
 
 
 def split_digest(split: Split) -> str:
@@ -69,16 +75,20 @@ def log_inputs(datasets: RunDatasets) -> None:
     mlflow.log_param("data_digest", datasets.digest)
 
 
+def is_duplicate_row(error: MlflowException) -> bool:
+    return DUPLICATE_ROW.search(str(error)) is not None
+
+
 def _log_input(dataset: Dataset, context: str, tries: int = 3) -> None:
     """Runs that start together on the same data (a sweep's children) race to create the same
-    dataset row: the server's store refuses the loser with a unique-constraint error (seen here
-    in a two-child sweep on sqlite; postgres words it "duplicate key ... unique constraint").
-    The winner's row is there by then, so trying again links to it."""
+    dataset row, in sqlite and in PostgreSQL alike (tests/test_datasets.py makes the race
+    happen): the store refuses the loser's row as a duplicate. The winner's row is there by
+    then, so trying again links to it."""
     for attempt in range(tries):
         try:
             mlflow.log_input(dataset, context=context)
             return
         except MlflowException as e:
-            if attempt == tries - 1 or "unique" not in str(e).lower():
+            if attempt == tries - 1 or not is_duplicate_row(e):
                 raise
             time.sleep(0.2 * (attempt + 1))

@@ -29,11 +29,11 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from ..core.engine import EpochMetrics
 from .connection import RunRefused, TrackingError, http_status, is_permanent, tracking_uri
 from .runs import get_run
 
@@ -50,6 +50,9 @@ DRAIN_AFTER_FAILURE_SECONDS = 15
 # Where a run's newest checkpoint is kept when the server refuses it for good (relative to the
 # working directory, like the sweeps' and compare's outputs).
 KEPT_CHECKPOINTS = Path("outputs/checkpoints")
+
+if TYPE_CHECKING:  # core.engine imports torch, which sending results does not need
+    from ..core.engine import EpochMetrics
 
 _log = logging.getLogger(__name__)
 

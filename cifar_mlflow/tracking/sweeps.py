@@ -117,6 +117,11 @@ def schedule_children(experiment: Experiment, parent_id: str, sweep_id: str,
     return run_ids
 
 
+def tag_child(tracking_uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    """Tags on a child's run from where it trains (a Ray worker: the tracking URI explicit)."""
+    MlflowClient(tracking_uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
 def settle_child(tracking_uri: str, run_id: str, reason_if_unfinished: str,
                  output: Sequence[str], status_if_unfinished: str = FAILED) -> ChildEnd:  # fmt: skip
     """How a child's run ended, once its process is gone. A run the process could not end

@@ -80,10 +80,10 @@ def run_tune(grid: Grid, base: TrainConfig, tune_id: str, settings: TuneSettings
              execution: Execution, storage_path: str) -> None:  # fmt: skip
     configs = expand(base, grid.axes, (base.seed,))
     check_configs(configs, grid, settings)
-    uri = connection.connect()
     on_ray = execution.executor == "ray"
     if on_ray:
-        check_ray(execution, uri)
+        check_ray(execution, connection.tracking_uri(), configs)
+    uri = connection.connect()
     plan = _open_searches(configs, tune_id, settings, Path(storage_path), uri)
     todo = sum(c.todo(settings.trials) for c in plan.searches)
     click.echo(_describe(plan, grid, base, tune_id, settings, todo, uri, storage_path))

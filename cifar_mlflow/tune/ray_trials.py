@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..core.config import TrainConfig
 from ..core.engine import EpochMetrics
 from ..core.selection import BestEpoch
+from ..sweep.cluster import node_tags
 from ..sweep.job import Execution
 from ..sweep.ray_executor import fit_trials, import_ray
 from ..tracking import tuning
@@ -81,8 +82,8 @@ def ray_trial(drawn: dict, base: TrainConfig, tags: dict[str, str], uri: str) ->
 
     config = dataclasses.replace(base, **drawn)
     trial = tune.get_context().get_trial_id()
-    run_training(config, on_epoch=report, tags=tuning.with_trial(tags, trial), log_models=False,
-                 on_start=lambda run_id, facts: run.update(run_id=run_id),
+    run_training(config, on_epoch=report, tags={**tuning.with_trial(tags, trial), **node_tags()},
+                 log_models=False, on_start=lambda run_id, facts: run.update(run_id=run_id),
                  name=f"{config.run_name} trial {trial} ({settings_text(drawn)})")  # fmt: skip
 
 
