@@ -296,7 +296,7 @@ def test_sweep_tuned_trains_each_configuration_at_its_tuned_lr(scenario, trackin
     planned = invoke("sweep", "--tuned", "t1", "--dry-run", "--experiment", tracking)
     assert planned.exit_code == 0, planned.output
     # Readable: each run says its learning rate; no full-precision floats.
-    assert not re.search(r"\d\.\d{6,}", planned.stdout), planned.stdout
+    assert not re.search(r"\d\.\d{8,}", planned.stdout), planned.stdout
     for optimizer, lr in configurations.items():
         assert f"-{optimizer}-s0  lr {lr:<8.3g}" in planned.stdout, planned.stdout
     result = invoke("sweep", "--tuned", "t1", "--seeds", "1", "--epochs", "1", "--runs-per-gpu", "2",

@@ -51,11 +51,18 @@ class Grid:
     tags: Mapping[str, str] = field(default_factory=dict)  # on every run of the sweep
 
     def describe_axes(self) -> str:
-        """'activation=sigmoid,relu | optimizer=sgd,adam': the grid as one readable line."""
-        return " | ".join(
-            " x ".join(f"{k}={','.join(_shown(v) for v in values)}" for k, values in group.items())
-            for group in self.axes
-        )
+        """'activation=sigmoid,relu | optimizer=sgd,adam': the grid as one readable line; what
+        every group of several holds alike is said once, after them ('; each: device=cpu')."""
+        shared = {k: v for k, v in self.axes[0].items()
+                  if len(self.axes) > 1 and all(g.get(k) == v for g in self.axes)}  # fmt: skip
+
+        def spelled(group: Mapping[str, tuple]) -> str:
+            return " x ".join(f"{k}={','.join(_shown(v) for v in values)}"
+                              for k, values in group.items())  # fmt: skip
+
+        groups = " | ".join(spelled({k: v for k, v in g.items() if k not in shared})
+                            for g in self.axes)  # fmt: skip
+        return groups + (f"; each: {spelled(shared)}" if shared else "")
 
 
 def expand(
