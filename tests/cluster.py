@@ -79,15 +79,16 @@ class RayCluster:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Workers first, then the head; each node's whole process group."""
+        """Each node's whole process group (every Ray process of a node is in its group): a
+        SIGTERM, then a SIGKILL to what is left. measured: a node takes ~33 s to end on SIGTERM
+        alone, and a test cluster holds nothing worth a graceful stop."""
         for node in reversed(self.nodes):
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2
         for node in reversed(self.nodes):
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
-            with contextlib.suppress(ProcessLookupError):  # whatever the node left behind
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)
+            node.wait()

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.cli import cli
 from cifar_mlflow.sweep.cluster import NODE_TAG
 from cifar_mlflow.tracking.sweeps import CONFIG_TAG
-from cifar_mlflow.tracking.tuning import TRIAL_TAG
+from cifar_mlflow.tracking.tuning import CONFIG_JOB, PARENT_TAG, TRIAL_TAG
 
 from .cluster import RayCluster
 from .conftest import PROJECT_ROOT
@@ -80,10 +81,11 @@ def cluster(tmp_path_factory):
         started.stop()
 
 
-def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path,
-               *extra: str) -> list[mlflow.entities.Run]:  # fmt: skip
+def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path, *extra: str,
+               exit_code: int = 0) -> tuple[list[mlflow.entities.Run], str]:  # fmt: skip
     """The real command line, where README's team setup runs it (the tracking server's URI and
-    the cluster's token in the environment), into an experiment of its own: its runs."""
+    the cluster's token in the environment), into an experiment of its own: its runs, and what
+    it printed on stderr."""
     experiment = f"team-{uuid.uuid4().hex[:8]}"
     argv = [a.format(head=cluster.address, data=data) for a in args]
     result = subprocess.run(
@@ -91,9 +93,9 @@ def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path,
         env={**cluster.env, "MLFLOW_TRACKING_URI": server.uri}, capture_output=True, text=True,
         timeout=600, check=False,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == exit_code, result.stderr[-3000:]
     mlflow.set_tracking_uri(server.uri)
-    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list"), result.stderr
 
 
 @pytest.mark.slow
@@ -101,8 +103,8 @@ def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path,
 def test_a_sweep_spreads_over_the_nodes_and_every_run_reaches_the_server(
     cluster, postgres_mlflow_server, image_folder, tmp_path
 ):
-    found = on_cluster(SWEEP, cluster, postgres_mlflow_server, image_folder,
-                       "--sweep-id", "spread", "--output-dir", str(tmp_path))  # fmt: skip
+    found, _ = on_cluster(SWEEP, cluster, postgres_mlflow_server, image_folder,
+                          "--sweep-id", "spread", "--output-dir", str(tmp_path))  # fmt: skip
     children = [r for r in found if CONFIG_TAG in r.data.tags]
     [parent] = [r for r in found if r.data.tags.get("job") == "sweep"]
     assert sorted(r.data.params["activation"] for r in children) == ["gelu", "relu"]
@@ -118,11 +120,41 @@ def test_a_sweep_spreads_over_the_nodes_and_every_run_reaches_the_server(
 def test_a_tune_spreads_its_trials_over_the_nodes(
     cluster, postgres_mlflow_server, image_folder, tmp_path
 ):
-    found = on_cluster(TUNE, cluster, postgres_mlflow_server, image_folder,
-                       "--tune-id", "spread", "--storage", str(tmp_path / "study.db"))  # fmt: skip
+    found, _ = on_cluster(TUNE, cluster, postgres_mlflow_server, image_folder,
+                          "--tune-id", "spread", "--storage", str(tmp_path / "study.db"))  # fmt: skip
     trials = [r for r in found if TRIAL_TAG in r.data.tags]
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
     assert len({r.data.tags[NODE_TAG] for r in trials}) == 2
+    # Each trial, wherever it ran, nests under its configuration's run, which holds the best lr.
+    [configuration] = [r for r in found if r.data.tags.get("job") == CONFIG_JOB]
+    assert {r.data.tags[PARENT_TAG] for r in trials} == {configuration.info.run_id}
+    assert "tuned_lr" in configuration.data.tags
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_failed_trial_does_not_stop_the_others_and_progress_comes_back(
+    cluster, mlflow_server, image_folder, tmp_path
+):
+    late = tmp_path / "late"  # holds no images: the gelu configuration fails on its node
+    (late / "train").mkdir(parents=True)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"grid": [{"data_dir": [str(image_folder)]},
+                                             {"data_dir": [str(late)], "activation": ["gelu"]}]}))
+    found, stderr = on_cluster(
+        ("sweep", "--executor", "ray", "--ray-address", "{head}", "--grid", str(grid), *TINY),
+        cluster, mlflow_server, image_folder, "--sweep-id", "r1",
+        "--output-dir", str(tmp_path / "report"), exit_code=1,
+    )  # fmt: skip
+    assert "1 of 2 configurations did not finish" in stderr, stderr[-3000:]
+    [parent] = [r for r in found if r.data.tags.get("job") == "sweep"]
+    by_name = {r.info.run_name: r for r in found if CONFIG_TAG in r.data.tags}
+    assert by_name["resnet18-relu-sgd-s0"].info.status == "FINISHED"
+    assert by_name["resnet18-gelu-sgd-s0"].info.status == "FAILED"
+    assert "no class folders" in by_name["resnet18-gelu-sgd-s0"].data.tags["failure_reason"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in by_name.values()} == {parent.info.run_id}
+    assert "resnet18-relu-sgd-s0  running epoch 1/1" in stderr  # progress came back from Ray
+    assert "report.md" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
 
 
 # ---- README's team setup is what the suite runs ----

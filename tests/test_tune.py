@@ -309,25 +309,3 @@ def test_sweep_tuned_trains_each_configuration_at_its_tuned_lr(scenario, trackin
     assert {r.data.params["epochs"] for r in finals} == {"1"}
     # compare, run by the sweep into its parent, reads the tag: a comparison at tuned rates.
     assert "At tuned learning rates (t1)" in (tmp_path / "report.md").read_text()
-
-
-# ---- on a local Ray ----
-
-
-@needs_ray
-@pytest.mark.slow
-def test_ray_trials_nest_under_the_tune_and_log_to_the_same_server(
-    tracking, image_folder, tmp_path
-):
-    start = time.monotonic()
-    result = invoke("tune", "--experiment", tracking, "--data-dir", str(image_folder), *TINY,
-                    "--optimizer", "adam", "--trials", "2", "--tune-id", "r1",
-                    "--storage", str(tmp_path / "study.db"), "--executor", "ray")  # fmt: skip
-    assert result.exit_code == 0, result.output[-3000:]
-    found = runs(tracking)
-    [configuration] = [r for r in found if r.data.tags.get("job") == CONFIG_JOB]
-    trials = [r for r in found if TRIAL_TAG in r.data.tags]
-    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
-    assert {r.data.tags[PARENT_TAG] for r in trials} == {configuration.info.run_id}
-    assert "tuned_lr" in configuration.data.tags
-    print(f"ray tune: {time.monotonic() - start:.0f} s")

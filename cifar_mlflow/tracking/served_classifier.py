@@ -21,7 +21,9 @@ class NamedClasses(mlflow.pyfunc.PythonModel):
         self.network = torch.export.load(context.artifacts["program"]).module()
         self.classes = list(context.model_config["classes"])
 
-    def predict(self, context, model_input, params=None):
+    # np.ndarray: a hint MLflow takes without inferring a schema from it (the model's signature
+    # is logged with it), so it does not warn that predict has none.
+    def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
         images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
             probabilities = torch.softmax(self.network(images), dim=1).numpy()
