@@ -149,6 +149,11 @@ def write_grid(path: Path, document: object) -> str:
         ({"grid": {"experiment": ["a", "b"]}}, "the experiment is one per sweep"),
         ({"grid": {"seed": [0, 1]}, "seeds": 2}, "give the seeds once"),
         ("grid: [unclosed", "not valid YAML at line 1"),
+        ("grid:\n  lr: [0.1]\n  activation: [relu]\n  lr: [0.01]\n",
+         "key 'lr' is given twice (lines 2 and 4); YAML would keep only the last: give it once"),
+        ("base: {epochs: 1}\ngrid: {lr: [0.1]}\nbase: {epochs: 2}\n",
+         "key 'base' is given twice (lines 1 and 3)"),
+        ("grid:\n  - {lr: [0.1], lr: [0.2]}\n", "key 'lr' is given twice (lines 2 and 2)"),
     ],
 )  # fmt: skip
 def test_a_bad_grid_file_names_the_bad_key_or_value(tmp_path, document, message):
