@@ -62,9 +62,10 @@ def is_storage_url(storage: str) -> bool:
     return "://" in storage
 
 
-def open_storage(storage: str, tune_id: str) -> optuna.storages.RDBStorage:
+def open_storage(storage: str | os.PathLike, tune_id: str) -> optuna.storages.RDBStorage:
     """The tune's studies: in a SQLite file at a path, or in the database a URL names. One that
     holds another tune's studies is refused; one that cannot be opened or written is one line."""
+    storage = os.fspath(storage)
     shown = redacted(storage)
     if is_storage_url(storage):
         url = storage
