@@ -388,3 +388,12 @@ def test_mlflow_run_sweep_makes_its_run_the_parent(tracking, mlflow_server, imag
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.data.params["epochs"] == "1"
     assert "report.md" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
+
+
+def test_a_key_a_yaml_merge_brings_in_may_be_overridden(tmp_path):
+    from cifar_mlflow.sweep.command import TRAIN_OPTIONS
+    from cifar_mlflow.sweep.grid import load_grid_file
+
+    grid = write_grid(tmp_path / "grid.yaml", "base:\n  <<: {epochs: 2, lr: 0.1}\n  lr: 0.01\n"
+                                              "grid: {activation: [relu, gelu]}\n")  # fmt: skip
+    assert dict(load_grid_file(grid, TRAIN_OPTIONS).base) == {"epochs": 2, "lr": 0.01}

@@ -94,6 +94,10 @@ class ModelNotLoaded(UserError):
     """A model URI that does not lead to a loadable model; the message gives MLflow's reason."""
 
 
+class ModelRefused(ModelNotLoaded):
+    """A model whose files could run code when loaded: refused, not loaded."""
+
+
 def load_model(model_uri: str) -> torch.nn.Module:
     """The PyTorch module behind a logged or registered model, on the CPU. Models we log are pt2,
     so loading refuses what could run code: a model in pickle format (`model.pth`), one that
@@ -105,9 +109,9 @@ def load_model(model_uri: str) -> torch.nn.Module:
         local = Path(mlflow.artifacts.download_artifacts(model_uri))
         refusal = _unsafe_files(local)
         if refusal:
-            raise ModelNotLoaded(f"refused model {model_uri}: {refusal}, which could run code "
-                                 "when loaded, so it was not loaded; log it again in pt2 format "
-                                 "(cifar-mlflow train does)")  # fmt: skip
+            raise ModelRefused(f"refused model {model_uri}: {refusal}, which could run code "
+                               "when loaded, so it was not loaded; log it again in pt2 format "
+                               "(cifar-mlflow train does)")  # fmt: skip
         with _pickle_refused():
             return mlflow.pytorch.load_model(str(local), map_location="cpu")
     except ModelNotLoaded:
@@ -116,7 +120,7 @@ def load_model(model_uri: str) -> torch.nn.Module:
         message = getattr(e, "message", str(e)).strip() or type(e).__name__
         pickled = PICKLE_REFUSED.search(message)
         if pickled:
-            raise ModelNotLoaded(
+            raise ModelRefused(
                 f"refused model {model_uri}: its pt2 archive holds a pickle ({pickled[1]}), "
                 "which could run code when loaded, so it was not loaded; log it again with "
                 "cifar-mlflow train"
