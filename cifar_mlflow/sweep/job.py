@@ -25,6 +25,7 @@ import click
 from ..compare.job import run_compare
 from ..core.config import TrainConfig
 from ..core.errors import UserError
+from ..core.files import writable_folder
 from ..core.redaction import redacted
 from ..tracking import connection, sweeps
 from ..tracking.runs import FINISHED, JOB_TAG, SWEEP_TAG, RunSpec, mark_launched_run, tracked_run
@@ -55,6 +56,8 @@ class Execution:
 def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str, dry_run: bool,
               execution: Execution, output_dir: str) -> None:  # fmt: skip
     on_ray = execution.executor == "ray"
+    if not dry_run:  # the report comes last: a folder it cannot be written to is said first
+        writable_folder(Path(output_dir), "--output-dir")
     if on_ray:
         check_ray(execution, connection.tracking_uri(), expand(base, grid.axes, seeds))
     uri = connection.connect()
