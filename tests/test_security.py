@@ -83,6 +83,24 @@ def test_valid_credentials_train_and_the_password_is_recorded_nowhere(
     assert not [p for p in files if PASSWORD.encode() in p.read_bytes()]
 
 
+@pytest.mark.parametrize("text, shown", [
+    ("on http://admin:pw-1234567@127.0.0.1:5000/x", "on http://127.0.0.1:5000/x"),
+    ("'https://u:p@ss:w@host' and postgresql://a:b@db/x", "'https://host' and postgresql://db/x"),
+    ("sqlite:///mlflow.db, models:/cifar10@champion, a@b.c", None),
+    ("token tok-secret-value here", "token *** here"),
+    ("the password is hunter2hunter2 (%)", "the password is *** (%)"),
+])  # fmt: skip
+def test_one_redaction_for_uris_and_secrets(text, shown, monkeypatch):
+    from cifar_mlflow.core.redaction import redacted
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-secret-value")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:hunter2hunter2@[bad")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "relu")  # too short to mask: a word
+    assert redacted(text) == (shown or text)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:hunter2hunter2@host:5000")
+    assert redacted(text) == (shown or text)
+
+
 def everything_recorded(client: MlflowClient, experiment: str, folder) -> list[str]:
     """Every param, tag (the description among them), metric name, dataset input and artifact
     of every run and logged model in `experiment`, as text; artifacts downloaded to `folder`."""

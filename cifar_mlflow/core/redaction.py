@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 # scheme://userinfo@ : the userinfo ends at the last "@" before the host (a password may hold "@").
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#'\"`<>]*)@")
 SECRET_VARIABLES = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 MASK = "***"
+MIN_SECRET = 8
 
 
 def redacted(text: str) -> str:
@@ -28,10 +29,12 @@ def redacted(text: str) -> str:
 
 
 def _secrets() -> list[str]:
-    """The secrets this process holds (at least 4 characters: a shorter value would mask ordinary
-    words), longest first so that one containing another is masked whole."""
+    """The secrets this process holds, longest first so that one containing another is masked
+    whole; at least MIN_SECRET characters (MLflow's basic-auth asks for 12): a short value would
+    mask ordinary words, an option's value among them."""
     values = [os.environ.get(name, "") for name in SECRET_VARIABLES]
-    password = urlsplit(os.environ.get("MLFLOW_TRACKING_URI", "")).password
+    userinfo = _USERINFO.match(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    password = userinfo["userinfo"].partition(":")[2] if userinfo else ""
     if password:
         values += [password, unquote(password)]
-    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+    return sorted({v for v in values if len(v) >= MIN_SECRET}, key=len, reverse=True)
