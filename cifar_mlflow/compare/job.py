@@ -68,6 +68,7 @@ def run_compare(
     status is left to its owner."""
     output = Path(output_dir)
     writable_folder(output, "--output-dir")
+    writable_folder(output.resolve().parent, "--output-dir's folder")  # the report is made there
     uri = redacted(connection.connect())  # shown in the report and the description
     runs = training_runs(selection)
     loaded = load_records(runs)
@@ -82,6 +83,7 @@ def run_compare(
         + (f", sweep `{selection.sweep}`" if selection.sweep else "")
         + ("" if selection.include_unfinished else ", finished runs")
     )
+    output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as tmp:
         folder = Path(tmp)
         if into_run:

@@ -32,10 +32,12 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
 
 
 def writable_folder(path: Path, what: str) -> None:
-    """Make the folder `path` (`what` names it for the user) and check that a file can be written
-    in it, before any work: one line, not a traceback at the end."""
+    """Check, before any work, that the folder `path` (`what` names it for the user) can be made
+    and written in: one line, not a traceback at the end. Folders made for the check are removed
+    again, so a command that fails later leaves none behind."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a folder: choose a folder")
+    missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -45,3 +47,7 @@ def writable_folder(path: Path, what: str) -> None:
             f"cannot write {what} {path} ({e.strerror or type(e).__name__}): choose a folder you "
             "can write"
         ) from None
+    finally:
+        for made in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()

@@ -75,6 +75,7 @@ def open_storage(storage: str | os.PathLike, tune_id: str) -> optuna.storages.RD
         if path.is_dir() or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
             raise UserError(f"--storage {storage} is a folder or a file this user cannot write: "
                             "give the path of a SQLite file to write")  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path.resolve()}"
     try:
         opened = optuna.storages.RDBStorage(url)
