@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import click
 
 from .core.errors import UserError
+from .core.redaction import redacted
 from .core.signals import StopOnSignal
 
 COMMANDS = {
@@ -72,8 +73,8 @@ class Commands(click.Group):
 
 def one_line(message: str) -> str:
     """`message` on one line whatever it quotes: a line break in an input echoed back (an
-    experiment named "x\r", say) is shown escaped, as Python writes it."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
+    experiment named "x\r", say) is shown escaped, as Python writes it; no credential in it."""
+    return redacted(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 @contextlib.contextmanager

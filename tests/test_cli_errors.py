@@ -91,3 +91,38 @@ def test_cuda_without_a_gpu(image_folder, tracking):
     result = cifar_mlflow(*tiny_train_args(image_folder, tracking, "--device", "cuda"))
     assert_one_line_error(result, "--device cuda", "--device cpu")
     assert_no_runs(tracking)
+
+
+def test_a_data_path_that_is_a_file_is_one_line(tmp_path, tracking):
+    data = tmp_path / "cifar.tar.gz"
+    data.write_bytes(b"not a folder")
+    result = cifar_mlflow(*tiny_train_args(data, tracking))
+    assert_one_line_error(result, f"data directory {data} is a file, not a folder")
+    assert_no_runs(tracking)
+
+
+def test_a_compare_output_dir_that_cannot_be_written_is_one_line(tmp_path, tracking):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = cifar_mlflow("compare", "--experiment", tracking, "--output-dir",
+                          str(blocker / "report"))  # fmt: skip
+    assert_one_line_error(result, f"cannot write --output-dir {blocker / 'report'}",
+                          "choose a folder you can write")  # fmt: skip
+    assert_no_runs(tracking)
+
+
+@pytest.mark.parametrize("storage, fragments", [
+    ("{blocker}/study.db", ["--storage's folder {blocker} is a file, not a folder"]),
+    ("postgresql://tuner:s3cret-pw@127.0.0.1:1/studies",
+     ["cannot open the study storage postgresql://127.0.0.1:1/studies"]),
+])  # fmt: skip
+def test_a_tune_storage_that_cannot_be_written_or_opened_is_one_line(
+    storage, fragments, tmp_path, image_folder, tracking
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = cifar_mlflow("tune", "--experiment", tracking, "--data-dir", str(image_folder),
+                          "--storage", storage.format(blocker=blocker))  # fmt: skip
+    assert_one_line_error(result, *(f.format(blocker=blocker) for f in fragments))
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert_no_runs(tracking)

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.cli import cli
 
-from .conftest import PROJECT_ROOT, MlflowServer, tiny_train_args
+from .conftest import PROJECT_ROOT, MlflowServer, free_port, tiny_train_args
 from .processes import SMALL_RUN, serving
 
 ADMIN = "admin"
@@ -81,6 +81,76 @@ def test_valid_credentials_train_and_the_password_is_recorded_nowhere(
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {"MLmodel", "model.pt2", "checkpoint.pt"} <= {p.name for p in files}
     assert not [p for p in files if PASSWORD.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("on http://admin:pw-1234567@127.0.0.1:5000/x", "on http://127.0.0.1:5000/x"),
+    ("'https://u:p@ss:w@host' and postgresql://a:b@db/x", "'https://host' and postgresql://db/x"),
+    ("sqlite:///mlflow.db, models:/cifar10@champion, a@b.c", None),
+    ("token tok-secret-value here", "token *** here"),
+    ("the password is hunter2hunter2 (%)", "the password is *** (%)"),
+])  # fmt: skip
+def test_one_redaction_for_uris_and_secrets(text, shown, monkeypatch):
+    from cifar_mlflow.core.redaction import redacted
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-secret-value")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:hunter2hunter2@[bad")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "relu")  # too short to mask: a word
+    assert redacted(text) == (shown or text)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:hunter2hunter2@host:5000")
+    assert redacted(text) == (shown or text)
+
+
+def everything_recorded(client: MlflowClient, experiment: str, folder) -> list[str]:
+    """Every param, tag (the description among them), metric name, dataset input and artifact
+    of every run and logged model in `experiment`, as text; artifacts downloaded to `folder`."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id])
+    texts = []
+    for run in runs:
+        texts += [f"{k}={v}" for k, v in [*run.data.params.items(), *run.data.tags.items()]]
+        texts += list(run.data.metrics)
+        texts += [str(d.dataset) for d in run.inputs.dataset_inputs]
+        client.download_artifacts(run.info.run_id, "", str(folder / run.info.run_id))
+    for model in client.search_logged_models([experiment_id]):
+        texts += [f"{k}={v}" for k, v in [*model.params.items(), *model.tags.items()]]
+        mlflow.artifacts.download_artifacts(f"models:/{model.model_id}",
+                                            dst_path=str(folder / model.model_id))  # fmt: skip
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert {"MLmodel", "report.md", "report.html"} <= {p.name for p in files}
+    return texts + [p.read_bytes().decode("latin1") for p in files]
+
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_is_recorded_and_printed_nowhere(
+    auth_tracking, auth_server, image_folder, monkeypatch, tmp_path
+):
+    scheme, address = auth_server.uri.split("://")
+    uri = f"{scheme}://{ADMIN}:{PASSWORD}@{address}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    runner = CliRunner()
+    report = tmp_path / "report"
+    results = [
+        runner.invoke(cli, tiny_train_args(image_folder, auth_tracking, "--epochs", "1",
+                                           *SMALL_RUN)),  # fmt: skip
+        runner.invoke(cli, ["compare", "--experiment", auth_tracking, "--output-dir", str(report)]),
+    ]
+    assert [r.exit_code for r in results] == [0, 0], [r.output for r in results]
+    assert f"{scheme}://{address}/#/experiments/" in results[0].output  # the run's link, shown
+    # Error paths whose line names the server: an experiment it lacks, the server away.
+    missing = runner.invoke(cli, ["compare", "--experiment", f"no-{auth_tracking}"])
+    assert f"on {scheme}://{address}" in missing.output, missing.output
+    monkeypatch.setenv("CIFAR_MLFLOW_SERVER_WAIT", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://{ADMIN}:{PASSWORD}@127.0.0.1:{free_port()}")
+    away = runner.invoke(cli, tiny_train_args(image_folder, auth_tracking))
+    assert "error: tracking server http://127.0.0.1:" in away.output, away.output
+    for result in [*results, missing, away]:
+        assert PASSWORD not in result.output + (result.stderr or "")
+    texts = everything_recorded(MlflowClient(uri), auth_tracking, tmp_path / "recorded")
+    texts += [p.read_bytes().decode("latin1") for p in report.rglob("*") if p.is_file()]
+    assert any(f"{scheme}://{address}" in t for t in texts)  # the server is named, bare
+    assert [t[:200] for t in texts if PASSWORD in t] == []
 
 
 @pytest.mark.parametrize(

@@ -149,6 +149,11 @@ def write_grid(path: Path, document: object) -> str:
         ({"grid": {"experiment": ["a", "b"]}}, "the experiment is one per sweep"),
         ({"grid": {"seed": [0, 1]}, "seeds": 2}, "give the seeds once"),
         ("grid: [unclosed", "not valid YAML at line 1"),
+        ("grid:\n  lr: [0.1]\n  activation: [relu]\n  lr: [0.01]\n",
+         "key 'lr' is given twice (lines 2 and 4); YAML would keep only the last: give it once"),
+        ("base: {epochs: 1}\ngrid: {lr: [0.1]}\nbase: {epochs: 2}\n",
+         "key 'base' is given twice (lines 1 and 3)"),
+        ("grid:\n  - {lr: [0.1], lr: [0.2]}\n", "key 'lr' is given twice (lines 2 and 2)"),
     ],
 )  # fmt: skip
 def test_a_bad_grid_file_names_the_bad_key_or_value(tmp_path, document, message):
@@ -356,3 +361,12 @@ def test_mlflow_run_sweep_makes_its_run_the_parent(tracking, mlflow_server, imag
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.data.params["epochs"] == "1"
     assert "report.md" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
+
+
+def test_a_key_a_yaml_merge_brings_in_may_be_overridden(tmp_path):
+    from cifar_mlflow.sweep.command import TRAIN_OPTIONS
+    from cifar_mlflow.sweep.grid import load_grid_file
+
+    grid = write_grid(tmp_path / "grid.yaml", "base:\n  <<: {epochs: 2, lr: 0.1}\n  lr: 0.01\n"
+                                              "grid: {activation: [relu, gelu]}\n")  # fmt: skip
+    assert dict(load_grid_file(grid, TRAIN_OPTIONS).base) == {"epochs": 2, "lr": 0.01}

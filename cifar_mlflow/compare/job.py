@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core.files import writable_folder
+from ..core.redaction import redacted
 from ..tracking import connection, records
 from ..tracking.connection import is_http
 from ..tracking.history import fetch_histories
@@ -64,7 +66,10 @@ def run_compare(
     """Compare the selected training runs; returns the compare run's id and what it holds.
     With `into_run` (a sweep's parent run) the report is logged there instead, and that run's
     status is left to its owner."""
-    uri = connection.connect()
+    output = Path(output_dir)
+    writable_folder(output, "--output-dir")
+    writable_folder(output.resolve().parent, "--output-dir's folder")  # the report is made there
+    uri = redacted(connection.connect())  # shown in the report and the description
     runs = training_runs(selection)
     loaded = load_records(runs)
     if not loaded:
@@ -78,7 +83,6 @@ def run_compare(
         + (f", sweep `{selection.sweep}`" if selection.sweep else "")
         + ("" if selection.include_unfinished else ", finished runs")
     )
-    output = Path(output_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as tmp:
         folder = Path(tmp)

@@ -14,6 +14,7 @@ case of the folders or of `batches.meta`: a model trained here names its outputs
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import difflib
 import hashlib
@@ -88,6 +89,8 @@ def load_cifar10(
     cache_dir: str | os.PathLike | None = None,
 ) -> Cifar10:
     root = Path(data_dir).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data directory {root} is a file, not a folder: {EXPECTED_LAYOUT}")
     if (root / "train").is_dir() or (root / "test").is_dir():
         train, test = _read_image_folder(root, _cache_dir(cache_dir))
         source = f"image-folder:{root}"
@@ -167,7 +170,13 @@ def _torchvision_folder(root: Path) -> Path:
     for candidate in (root / TORCHVISION_FOLDER, root):
         if (candidate / TORCHVISION_TEST[0]).exists():
             return candidate
-    if root.exists() and any(root.iterdir()):
+    try:
+        holds_something = root.exists() and any(root.iterdir())
+    except OSError as e:
+        raise DataError(
+            f"cannot read data directory {root} ({e.strerror}): {EXPECTED_LAYOUT}"
+        ) from None
+    if holds_something:
         raise DataError(f"data directory {root} holds no CIFAR-10: {EXPECTED_LAYOUT}")
     _download(root)
     return root / TORCHVISION_FOLDER
@@ -216,11 +225,45 @@ def _read_batch(path: Path, canonical: np.ndarray) -> Split:
     return Split(np.ascontiguousarray(images), canonical[labels])
 
 
+class ForeignPickle(pickle.UnpicklingError):
+    """A pickle that names a callable a CIFAR-10 batch does not hold; refused, never called."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 batch holds (dicts, lists, strings, numbers, numpy arrays) and
+    nothing else: a pickle names the callables it runs, and any name outside this list is refused
+    before it is imported, so a hostile file cannot run code. The batches pickled by Python 2 name
+    numpy.core, those by numpy 2 numpy._core: both mean the same function."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise ForeignPickle(f"{module}.{name} is not part of a CIFAR-10 batch")
+        return _BATCH_GLOBALS[module, name]
+
+
+# numpy's array unpicklers, as an array names them when pickled (their modules are private):
+# one for pickle protocols up to 4, one for protocol 5 (the array's bytes out of band).
+_RECONSTRUCT = np.empty(1).__reduce_ex__(2)[0]
+_FROMBUFFER = np.empty(1).__reduce_ex__(5)[0]
+_BATCH_GLOBALS = {
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _RECONSTRUCT for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _FROMBUFFER for core in ("core", "_core")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # bytes, as Python 3 pickles them (protocol 2)
+}
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-    except Exception as e:  # a truncated or foreign file: anything, EOFError to UnpicklingError
+            entry = _BatchUnpickler(f, encoding="latin1").load()
+    except ForeignPickle as e:
+        raise DataError(
+            f"refused CIFAR-10 file {path}: it holds more than a CIFAR-10 batch ({e}), so it was "
+            "not loaded; replace it with torchvision's file"
+        ) from None
+    except Exception as e:  # a truncated or foreign file: anything, EOFError to ValueError
         raise DataError(
             f"damaged CIFAR-10 file {path} ({type(e).__name__}): re-download it"
         ) from None
@@ -315,9 +358,15 @@ def _list_split(root: Path, name: str) -> dict[str, list[Path]]:
     return listed
 
 
+# Part of every cache's name: a cache decoded by an earlier decode_image (which read 16-bit
+# pixels as white) is never read again.
+DECODER_VERSION = 2
+
+
 def _fingerprint(root: Path, files: dict[str, dict[str, list[Path]]]) -> str:
-    """Changes when any file is added, removed, resized or touched, so a stale cache is never read."""
-    digest = hashlib.sha1(str(root).encode())
+    """Changes when any file is added, removed, resized or touched, or the decoding changes, so
+    a stale cache is never read."""
+    digest = hashlib.sha1(f"{root}\ndecoder {DECODER_VERSION}".encode())
     for split in sorted(files):
         for cls in sorted(files[split]):
             for path in files[split][cls]:
@@ -343,20 +392,60 @@ def _decode_split(files: dict[str, list[Path]], label_of: dict[str, int]) -> Spl
 
 
 def decode_image(path: Path) -> np.ndarray:
-    """(32, 32, 3) uint8 RGB of any image Pillow reads, resized bilinearly where it is not 32x32
-    (also how `predict` reads a user's photos); a file that cannot be read is named."""
-    from PIL import Image
+    """(32, 32, 3) uint8 RGB of an image file, the one decoding of training data and of the
+    photos `predict` reads: turned upright as its EXIF orientation says, 16-bit and floating-point
+    pixels scaled to 8 bits, transparent pixels shown over white, then resized bilinearly where it
+    is not 32x32. A file that cannot be read, or whose pixels have no meaning as a picture here,
+    raises a DataError that names it: never a blank or garbage image."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (32, 32):
-                image = image.resize((32, 32), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            image.load()
+            rgb = _as_rgb8(ImageOps.exif_transpose(image))
+    except DataError:
+        raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
         raise DataError(
             f"cannot decode image {path} ({type(e).__name__}: {e}): remove or replace the file"
         ) from None
+    if isinstance(rgb, str):
+        raise DataError(f"cannot use image {path}: {rgb}; convert it to 8-bit RGB or remove it")
+    if rgb.size != (32, 32):
+        rgb = rgb.resize((32, 32), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+# Modes Pillow converts to RGB faithfully: 1-bit, 8-bit grey, palette, CMYK (Adobe's inverted
+# JPEGs are undone by the decoder), YCbCr, and RGB with or without padding.
+_RGB_AS_IS = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"}
+_WITH_ALPHA = {"LA", "La", "PA", "RGBA", "RGBa"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _as_rgb8(image):
+    """The image in 8-bit RGB (a Pillow image), or a string saying why it has no such picture.
+    Pillow's own convert("RGB") clips 16-bit and float pixels to 255: a white image."""
+    from PIL import Image
+
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    mode = image.mode
+    if mode in _WITH_ALPHA:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode in _RGB_AS_IS:
+        return image.convert("RGB")
+    if mode in _SIXTEEN_BIT or mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = (0.0, 65535.0) if mode != "F" else (0.0, 1.0)
+        if not np.isfinite(pixels).all() or pixels.min() < low or pixels.max() > high:
+            kind = "floating-point pixels outside 0-1" if mode == "F" else "pixels outside 0-65535"
+            return f"{kind} (mode {mode}), so their brightness is unknown"
+        grey = np.rint(pixels * (255.0 / high)).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return f"pixel format {mode} is not read here"
 
 
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:

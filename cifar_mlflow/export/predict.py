@@ -39,13 +39,15 @@ def local_probabilities(model_uri: str, images: np.ndarray) -> tuple[np.ndarray,
     (CIFAR-10's for a model logged without them)."""
     # torch and MLflow load only here: --print-request and --server need neither (~3 s).
     from ..tracking import connection
-    from ..tracking.models import ModelNotLoaded, load_model, model_classes
+    from ..tracking.models import ModelNotLoaded, ModelRefused, load_model, model_classes
     from .deployment import logits_of
 
     if model_uri.startswith(("models:/", "runs:/")):
         connection.connect()  # fails in ~10 s, not minutes, when the tracking server is away
     try:
         model = load_model(model_uri)
+    except ModelRefused:
+        raise
     except ModelNotLoaded as e:
         raise PredictError(
             f"{e}; list registered models and aliases in the MLflow UI, or run "

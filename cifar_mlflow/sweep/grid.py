@@ -87,6 +87,31 @@ def config_key(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, lines: tuple[int, int]):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.lines = key, lines
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice (which PyYAML would
+    otherwise resolve silently to its last value: a grid line lost). Keys brought in by a merge
+    (`<<: *base`) may be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[object, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise DuplicateKey(key, (first[key], line))
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_grid_file(path: str | Path, options: Mapping[str, click.Parameter]) -> Grid:
     """Read and check a YAML grid file:
 
@@ -97,9 +122,14 @@ def load_grid_file(path: str | Path, options: Mapping[str, click.Parameter]) -> 
     seeds: 3                                       # or a list: [0, 1, 2]
     """
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        document = yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader)
     except OSError as e:
         raise GridError(f"grid file {path}: cannot be read ({e.strerror})") from None
+    except DuplicateKey as e:
+        raise GridError(
+            f"grid file {path}: key {e.key!r} is given twice (lines {e.lines[0]} and "
+            f"{e.lines[1]}); YAML would keep only the last: give it once"
+        ) from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

@@ -25,6 +25,8 @@ import click
 from ..compare.job import run_compare
 from ..core.config import TrainConfig
 from ..core.errors import UserError
+from ..core.files import writable_folder
+from ..core.redaction import redacted
 from ..tracking import connection, sweeps
 from ..tracking.runs import FINISHED, JOB_TAG, SWEEP_TAG, RunSpec, mark_launched_run, tracked_run
 from ..tracking.training_runs import Selection, SelectionError, result_test_acc
@@ -54,6 +56,8 @@ class Execution:
 def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str, dry_run: bool,
               execution: Execution, output_dir: str) -> None:  # fmt: skip
     on_ray = execution.executor == "ray"
+    if not dry_run:  # the report comes last: a folder it cannot be written to is said first
+        writable_folder(Path(output_dir), "--output-dir")
     if on_ray:
         check_ray(execution, connection.tracking_uri(), expand(base, grid.axes, seeds))
     uri = connection.connect()
@@ -65,7 +69,7 @@ def run_sweep(grid: Grid, base: TrainConfig, seeds: Sequence[int], sweep_id: str
     todo = [p for p in plan if p.action != "skip"]
     click.echo(
         f"sweep {sweep_id}: {len(plan)} configurations ({len(todo)} to train) in experiment "
-        f"{name!r} on {uri}\n  grid ({grid.source}): {grid.describe_axes()}; seeds "
+        f"{name!r} on {redacted(uri)}\n  grid ({grid.source}): {grid.describe_axes()}; seeds "
         f"{', '.join(map(str, seeds))}"
     )
     click.echo("\n".join(plan_lines(plan)))

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import requests
@@ -24,6 +23,7 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
 from ..core.errors import UserError
+from ..core.redaction import redacted
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 REACHABLE_WITHIN_SECONDS = 10.0  # $CIFAR_MLFLOW_SERVER_WAIT overrides it
@@ -82,15 +82,6 @@ def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def without_credentials(uri: str) -> str:
-    """`uri` as it may be shown or recorded: without a user and password in it."""
-    parts = urlsplit(uri)
-    if not parts.username and not parts.password:
-        return uri
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
 def connect() -> str:
     """Point MLflow at the tracking URI and return it; an HTTP server must answer /health within
     REACHABLE_WITHIN_SECONDS (or $CIFAR_MLFLOW_SERVER_WAIT seconds) and accept the credentials
@@ -118,7 +109,8 @@ def _check_store(uri: str) -> None:
     except Exception as e:  # MlflowException, a driver's ImportError, sqlalchemy's, OSError...
         reason = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else ""
         raise TrackingError(
-            f"MLflow cannot use the tracking URI {uri!r} ({type(e).__name__}: {reason}): set "
+            f"MLflow cannot use the tracking URI {redacted(uri)!r} ({type(e).__name__}: "
+            f"{redacted(reason)}): set "
             "MLFLOW_TRACKING_URI to a server (http://127.0.0.1:5000) or a database "
             "(sqlite:///mlflow.db)"
         ) from None
@@ -138,8 +130,8 @@ def _wait_for_server(uri: str) -> None:
             problem = f"is unreachable ({type(e).__name__})"
         if time.monotonic() >= deadline:
             raise TrackingError(
-                f"tracking server {uri} {problem}: start it (mlflow server --host 127.0.0.1 "
-                "--port PORT) or set MLFLOW_TRACKING_URI to a reachable server"
+                f"tracking server {redacted(uri)} {problem}: start it (mlflow server --host "
+                "127.0.0.1 --port PORT) or set MLFLOW_TRACKING_URI to a reachable server"
             )
         time.sleep(1.0)
 
@@ -149,6 +141,7 @@ def _check_credentials(uri: str) -> None:
     call, with the credentials MLflow will use (MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN),
     tells whether they work before a run is opened. Secrets never appear in the message."""
     creds = get_default_host_creds(uri)
+    shown = redacted(uri)
     try:
         response = http_request(
             creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0,
@@ -157,23 +150,24 @@ def _check_credentials(uri: str) -> None:
     except (MlflowException, requests.RequestException) as e:
         why = f"no answer within {API_CHECK_SECONDS} s" if "Timeout" in str(e) else type(e).__name__
         raise TrackingError(
-            f"tracking server {uri} is up but failed an MLflow API call ({why}): see its log"
+            f"tracking server {shown} is up but failed an MLflow API call ({why}): see its log"
         ) from None
     who = f"user {creds.username!r}" if creds.username else "MLFLOW_TRACKING_TOKEN"
     if response.status_code == 401 and not (creds.username or creds.token):
         raise TrackingError(
-            f"tracking server {uri} requires credentials (HTTP 401): set "
+            f"tracking server {shown} requires credentials (HTTP 401): set "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         )
     if response.status_code == 401:
         raise TrackingError(
-            f"tracking server {uri} rejected the credentials of {who} (HTTP 401): check "
+            f"tracking server {shown} rejected the credentials of {who} (HTTP 401): check "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         )
     if response.status_code == 403:
-        raise TrackingError(f"tracking server {uri} denies {who} access (HTTP 403): ask its admin")
+        raise TrackingError(f"tracking server {shown} denies {who} access (HTTP 403): ask its "
+                            "admin")
     if not response.ok:
         raise TrackingError(
-            f"tracking server {uri} answered HTTP {response.status_code} to an MLflow API call: "
+            f"tracking server {shown} answered HTTP {response.status_code} to an MLflow API call: "
             "is MLFLOW_TRACKING_URI an MLflow server?"
         )

@@ -8,12 +8,17 @@ installed. `mlflow.pytorch.load_model` gives a torch.fx GraphModule with our par
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
+import yaml
 from mlflow.entities import LoggedModel, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -89,10 +94,69 @@ class ModelNotLoaded(UserError):
     """A model URI that does not lead to a loadable model; the message gives MLflow's reason."""
 
 
+class ModelRefused(ModelNotLoaded):
+    """A model whose files could run code when loaded: refused, not loaded."""
+
+
 def load_model(model_uri: str) -> torch.nn.Module:
-    """The PyTorch module behind a logged or registered model, on the CPU."""
+    """The PyTorch module behind a logged or registered model, on the CPU. Models we log are pt2,
+    so loading refuses what could run code: a model in pickle format (`model.pth`), one that
+    brings code of its own, and a pt2 archive with a pickle in it (MLflow's own check, with
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false in this process whatever the environment says).
+    Anything else that fails is one line: the model's files come from the server, so anything
+    may be in them."""
     try:
-        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    except (MlflowException, OSError) as e:
-        message = getattr(e, "message", str(e)).strip().splitlines()[0].rstrip(".")
-        raise ModelNotLoaded(f"cannot load model {model_uri}: {message}") from None
+        local = Path(mlflow.artifacts.download_artifacts(model_uri))
+        refusal = _unsafe_files(local)
+        if refusal:
+            raise ModelRefused(f"refused model {model_uri}: {refusal}, which could run code "
+                               "when loaded, so it was not loaded; log it again in pt2 format "
+                               "(cifar-mlflow train does)")  # fmt: skip
+        with _pickle_refused():
+            return mlflow.pytorch.load_model(str(local), map_location="cpu")
+    except ModelNotLoaded:
+        raise
+    except Exception as e:  # MLflow's, torch's, zipfile's and the OS's errors alike
+        message = getattr(e, "message", str(e)).strip() or type(e).__name__
+        pickled = PICKLE_REFUSED.search(message)
+        if pickled:
+            raise ModelRefused(
+                f"refused model {model_uri}: its pt2 archive holds a pickle ({pickled[1]}), "
+                "which could run code when loaded, so it was not loaded; log it again with "
+                "cifar-mlflow train"
+            ) from None
+        raise ModelNotLoaded(f"cannot load model {model_uri}: "
+                             f"{message.splitlines()[0].rstrip('.')}") from None  # fmt: skip
+
+
+# MLflow's refusal of a pt2 archive record that is not pickle-free, naming the record.
+PICKLE_REFUSED = re.compile(r"pickle is disallowed, but record '([^']*)'")
+
+
+def _unsafe_files(model_dir: Path) -> str | None:
+    """What, in a downloaded model, MLflow would import or unpickle before any check of its own:
+    the module `pickle_module_info.txt` names, the model's `code` folder put on sys.path, a
+    pickled `model.pth`; None for a model without them."""
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        return None  # not a model: MLflow says so
+    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("pytorch") or {}
+    if flavor.get("code"):
+        return f"it brings code of its own ({flavor['code']})"
+    data = model_dir / str(flavor.get("model_data", "data"))
+    pickled = [p.name for p in (data / "model.pth", data / "pickle_module_info.txt") if p.exists()]
+    return f"it is in pickle format ({', '.join(pickled)})" if pickled else None
+
+
+@contextlib.contextmanager
+def _pickle_refused() -> Iterator[None]:
+    name = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before

@@ -13,6 +13,8 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from ..core.redaction import redacted
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -20,12 +22,13 @@ UPLOAD_THREADS = 2
 
 
 def set_tags(run_id: str, tags: Mapping[str, object]) -> None:
-    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    tags = [RunTag(k, redacted(str(v))) for k, v in tags.items()]
+    MlflowClient().log_batch(run_id, tags=tags)
 
 
 def set_description(run_id: str, markdown: str) -> None:
     """The run's description: Markdown its Overview page shows (the tag `mlflow.note.content`)."""
-    MlflowClient().set_tag(run_id, MLFLOW_RUN_NOTE, markdown)
+    MlflowClient().set_tag(run_id, MLFLOW_RUN_NOTE, redacted(markdown))
 
 
 def log_folder(run_id: str, folder: Path, artifact_path: str | None = None) -> None:

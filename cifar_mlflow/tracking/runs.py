@@ -25,7 +25,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from ..core.errors import UserError
-from .connection import TrackingError, is_http, tracking_uri, without_credentials
+from ..core.redaction import redacted
+from .connection import TrackingError, is_http, tracking_uri
 
 FAILURE_TAG = "failure_reason"  # on FAILED and KILLED runs: why the run did not finish
 JOB_TAG = "job"  # what made a run other than a training: compare, export, sweep
@@ -152,8 +153,8 @@ def _record_start(run_id: str, spec: RunSpec) -> None:
     """Tags, the params not logged yet, and no failure reason left from an earlier attempt."""
     client = MlflowClient()
     held = client.get_run(run_id).data
-    params = [Param(k, str(v)) for k, v in spec.params.items() if k not in held.params]
-    tags = [RunTag(k, str(v)) for k, v in spec.tags.items()]
+    params = [Param(k, redacted(str(v))) for k, v in spec.params.items() if k not in held.params]
+    tags = [RunTag(k, redacted(str(v))) for k, v in spec.tags.items()]
     if params or tags:
         client.log_batch(run_id, params=params, tags=tags)
     if FAILURE_TAG in held.tags:
@@ -187,7 +188,7 @@ def end_abandoned(client: MlflowClient, run_id: str, reason: str, status: str = 
     held = client.get_run(run_id).info.status
     if held not in UNFINISHED:
         return held
-    client.set_tag(run_id, FAILURE_TAG, reason)
+    client.set_tag(run_id, FAILURE_TAG, redacted(reason))
     client.set_terminated(run_id, status)
     return status
 
@@ -197,7 +198,7 @@ def failure_reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if not isinstance(error, (UserError, KeyboardInterrupt)):
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return (text or "interrupted")[:500]
+    return redacted(text or "interrupted")[:500]
 
 
 def launched_run_id() -> str | None:
@@ -231,7 +232,7 @@ def ui_url(experiment_id: str, run_id: str | None = None) -> str | None:
     uri = tracking_uri()
     if not is_http(uri):
         return None
-    return f"{without_credentials(uri).rstrip('/')}/{ui_route(experiment_id, run_id)}"
+    return f"{redacted(uri).rstrip('/')}/{ui_route(experiment_id, run_id)}"
 
 
 def get_run(run_id: str) -> Run:

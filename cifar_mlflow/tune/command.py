@@ -93,8 +93,8 @@ RANGES_HELP = ", ".join(f"{o} {lo:g}..{hi:g}" for o, (lo, hi) in DEFAULT_LR_RANG
               help="resume this tune: trials it finished stay, none is added twice  [default: a "
                    "new id]")  # fmt: skip
 @click.option("--storage", type=click.Path(dir_okay=False), default=None,
-              help=f"the tune's Optuna study file (SQLite)  [default: {DEFAULT_STORAGE_ROOT}/"
-                   "TUNE_ID.db]")  # fmt: skip
+              help="the tune's Optuna studies: a SQLite file, or a database URL (postgresql://...)"
+                   f"  [default: {DEFAULT_STORAGE_ROOT}/TUNE_ID.db]")  # fmt: skip
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: trials one after another in this process; ray: Ray Tune trials with "
                    "Ray's OptunaSearch and ASHA (pip install -e \".[ray,tune]\")")  # fmt: skip

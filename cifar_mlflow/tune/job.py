@@ -24,6 +24,7 @@ import click
 from ..core.config import TrainConfig
 from ..core.engine import Diverged
 from ..core.errors import UserError
+from ..core.redaction import redacted
 from ..sweep.grid import Grid, config_key, expand
 from ..sweep.job import Execution, check_ray
 from ..sweep.ray_executor import ray_session, trial_gpus
@@ -40,7 +41,7 @@ from .progress import (
     summary_text,
 )
 from .ranges import DEFAULT_LR_RANGES, SEARCHED
-from .search import EpochWatch, Search, Space, open_storage
+from .search import EpochWatch, Search, Space, is_storage_url, open_storage
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment
@@ -84,9 +85,10 @@ def run_tune(grid: Grid, base: TrainConfig, tune_id: str, settings: TuneSettings
     if on_ray:
         check_ray(execution, connection.tracking_uri(), configs)
     uri = connection.connect()
-    plan = _open_searches(configs, tune_id, settings, Path(storage_path), uri)
+    plan = _open_searches(configs, tune_id, settings, storage_path, redacted(uri))
     todo = sum(c.todo(settings.trials) for c in plan.searches)
-    click.echo(_describe(plan, grid, base, tune_id, settings, todo, uri, storage_path))
+    click.echo(_describe(plan, grid, base, tune_id, settings, todo, redacted(uri),
+                         redacted(storage_path)))  # fmt: skip
     parent = plan.earlier.parent
     if not todo and parent is not None and parent.info.status == FINISHED:
         click.echo(f"nothing to tune: every configuration has its {settings.trials} trials "
@@ -95,7 +97,7 @@ def run_tune(grid: Grid, base: TrainConfig, tune_id: str, settings: TuneSettings
         return
     params = {"tune.grid": grid.describe_axes()[:6000], "tune.grid_source": grid.source,
               "tune.trials": settings.trials, "tune.prune_after": settings.prune_after,
-              "tune.executor": execution.executor, "tune.storage": storage_path,
+              "tune.executor": execution.executor, "tune.storage": redacted(storage_path),
               **{f"base.{k}": v for k, v in base.as_params().items() if k not in SEARCHED}}  # fmt: skip
     with tuning.tune_run(tuning.parent_spec(plan.experiment.name, tune_id, params, parent)) as run:
         with ray_session(execution.ray_address) if on_ray else contextlib.nullcontext():
@@ -137,18 +139,19 @@ class TunePlan:
 
 
 def _open_searches(configs: Sequence[TrainConfig], tune_id: str, settings: TuneSettings,
-                   path: Path, uri: str) -> TunePlan:  # fmt: skip
+                   storage_path: str, uri: str) -> TunePlan:  # fmt: skip
     """Each configuration's study in the tune's study file, with its run of an earlier
     invocation; trials that invocation left running (killed hard) are failed, in the study and
     on the server."""
     experiment_name = configs[0].experiment
     earlier = tuning.earlier_tune(sweeps.sweep_experiment(experiment_name, create=False), tune_id)
-    if earlier.parent is not None and not path.exists():
+    if earlier.parent is not None and not (is_storage_url(storage_path)
+                                           or Path(storage_path).exists()):  # fmt: skip
         raise UserError(
-            f"tune {tune_id} has runs on {uri} but its study file {path} is missing: run from the "
-            "directory it started in, or give its --storage"
+            f"tune {tune_id} has runs on {uri} but its study file {storage_path} is missing: run "
+            "from the directory it started in, or give its --storage"
         )
-    storage = open_storage(path, tune_id)
+    storage = open_storage(storage_path, tune_id)
     experiment = sweeps.sweep_experiment(experiment_name, create=True)
     searches = [_configuration(dataclasses.replace(c, experiment=experiment.name), tune_id,
                                storage, settings, earlier) for c in configs]  # fmt: skip

@@ -1,4 +1,5 @@
-"""A configuration's search as an Optuna study, persisted in a SQLite file so a tune resumes.
+"""A configuration's search as an Optuna study, persisted (a SQLite file, or a database URL) so a
+tune resumes.
 
 One study per configuration, named `<tune id>/<configuration key>`, maximising the trial's best
 validation accuracy (max over its epochs of `val_acc`: the validation split chooses; the test set
@@ -15,6 +16,7 @@ that counted. No MLflow, no printing.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from optuna.trial import TrialState
 
 from ..core.engine import EpochMetrics, StopTraining
 from ..core.errors import UserError
+from ..core.files import writable_folder
+from ..core.redaction import redacted
 from ..core.selection import BestEpoch
 
 OUTCOME = "outcome"  # a trial's user attr: complete, pruned, failed or interrupted
@@ -53,17 +57,41 @@ class Space:
                 for name, bounds in ranges.items() if bounds}  # fmt: skip
 
 
-def open_storage(path: Path, tune_id: str) -> optuna.storages.RDBStorage:
-    """The tune's study file; one that holds another tune's studies is refused."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
-    owners = {s.user_attrs.get("tune_id") for s in storage.get_all_studies()} - {tune_id}
+def is_storage_url(storage: str) -> bool:
+    """A database URL (sqlite:///x.db, postgresql://...) rather than the path of a SQLite file."""
+    return "://" in storage
+
+
+def open_storage(storage: str | os.PathLike, tune_id: str) -> optuna.storages.RDBStorage:
+    """The tune's studies: in a SQLite file at a path, or in the database a URL names. One that
+    holds another tune's studies is refused; one that cannot be opened or written is one line."""
+    storage = os.fspath(storage)
+    shown = redacted(storage)
+    if is_storage_url(storage):
+        url = storage
+    else:
+        path = Path(storage)
+        writable_folder(path.parent.resolve(), "--storage's folder")
+        if path.is_dir() or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
+            raise UserError(f"--storage {storage} is a folder or a file this user cannot write: "
+                            "give the path of a SQLite file to write")  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path.resolve()}"
+    try:
+        opened = optuna.storages.RDBStorage(url)
+        studies = opened.get_all_studies()
+    except Exception as e:  # SQLAlchemy's, a driver's ImportError, Optuna's own
+        raise UserError(
+            f"cannot open the study storage {shown} ({type(e).__name__}): give --storage a SQLite "
+            "file in a folder you can write, or a database URL Optuna can open"
+        ) from None
+    owners = {s.user_attrs.get("tune_id") for s in studies} - {tune_id}
     if owners:
         raise UserError(
-            f"{path} holds the studies of tune {min(map(str, owners))}, not {tune_id}: "
+            f"{shown} holds the studies of tune {min(map(str, owners))}, not {tune_id}: "
             f"resume that tune with its own --tune-id, or give another --storage"
         )
-    return storage
+    return opened
 
 
 class Search:
