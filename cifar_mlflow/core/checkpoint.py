@@ -27,6 +27,9 @@ from .files import atomic_write
 from .selection import BestWeights
 
 FORMAT = "cifar-mlflow-checkpoint-2"  # 2: with the best epoch's weights
+# What `capture` writes and resuming reads: a file without one of them cannot be continued.
+FIELDS = ("best", "epoch", "device_type", "config", "history", "model", "optimizer", "schedule",
+          "rng")  # fmt: skip
 
 
 class CheckpointError(UserError):
@@ -64,6 +67,12 @@ def load(path: Path) -> dict:
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cifar-mlflow checkpoint ({FORMAT})")
+    missing = [k for k in FIELDS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)}: it is damaged, so the run cannot "
+            "continue from it; start a new run"
+        )
     return state
 
 

@@ -163,6 +163,16 @@ def _record_start(run_id: str, spec: RunSpec) -> None:
 def _end_active(status: str, error: BaseException) -> None:
     """Best effort and quick: when the server is what failed, the error that brought us here is
     the one to report."""
+    if getattr(error, "foreign_writer", False):
+        # lease.LeaseLost: another process writes the run now; its status is left as that
+        # process has it (MLflow's only way to leave the active run is to end it: with the
+        # status the run holds, it stays as it is).
+        held = "RUNNING"
+        with contextlib.suppress(Exception):
+            held = MlflowClient().get_run(mlflow.active_run().info.run_id).info.status
+        with contextlib.suppress(Exception):
+            mlflow.end_run(held)
+        return
     if getattr(error, "unmarkable", False):
         # connection.RunRefused for a run deleted (or unreadable) on the server: it cannot be
         # marked, the error says so, and each try would only add a warning. Leave it here only.
