@@ -38,7 +38,13 @@ from ..tracking import connection, records, training
 from ..tracking.datasets import data_changes, log_inputs, run_datasets
 from ..tracking.lease import WriterLease
 from ..tracking.models import log_checkpoint
-from ..tracking.outbox import CHECKPOINT_FILE, Outbox, download_last_checkpoint, log_missing_epochs
+from ..tracking.outbox import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_TAG,
+    Outbox,
+    download_last_checkpoint,
+    log_missing_epochs,
+)
 from ..tracking.runs import (
     FINISHED,
     check_experiment,
@@ -264,7 +270,8 @@ def _saved_state(
                 "new run instead"
             )
         return None  # a run that `mlflow run` has just created
-    state = checkpoint.load(path)
+    artifact = get_run(run_id).data.tags.get(CHECKPOINT_TAG, CHECKPOINT_FILE)
+    state = checkpoint.load(path, name=f"run {run_id}'s checkpoint {artifact}")
     checkpoint.check_matches(state, config, device)
     path.unlink()
     return state
