@@ -30,13 +30,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .connection import TrackingError
-from .runs import get_run
+from .runs import get_run, quick_exit
 
 PARAM = "writer"  # params writer.1, writer.2, ...: one per process that has written the run
 HEARTBEAT_SECONDS = 20.0
 # Four missed heartbeats: a busy server or a loaded machine delays one, not four in a row.
 STALE_SECONDS = 4 * HEARTBEAT_SECONDS
 RELEASED = "released"
+EXIT_WAIT_SECONDS = 5.0
 
 
 class RunHeld(TrackingError):
@@ -142,9 +143,11 @@ class WriterLease:
         self._stop.set()
         if self._thread is None:
             return
-        self._thread.join()
+        # A beat in flight may be waiting out a server that is down: the thread is a daemon,
+        # so it is not waited for long.
+        self._thread.join(EXIT_WAIT_SECONDS)
         if self._lost is None:
-            with contextlib.suppress(Exception):  # best effort: a stale lease frees itself
+            with contextlib.suppress(Exception), quick_exit():  # a stale lease frees itself
                 MlflowClient().set_tag(self.run_id, heartbeat_tag(self.generation), RELEASED)
 
     def _beat(self) -> None:

@@ -50,6 +50,7 @@ from ..tracking.runs import (
     check_experiment,
     get_run,
     launched_run_id,
+    stale_launched_run,
     tracked_run,
     ui_url,
 )
@@ -251,11 +252,7 @@ def _run_to_continue(resume: str | None) -> str | None:
     if run_id and get_run(run_id).info.status == FINISHED:
         if resume:
             raise UserError(f"run {run_id} has already finished: there is nothing to resume")
-        raise UserError(
-            f"MLFLOW_RUN_ID={run_id} names a run that has already finished, so it cannot be "
-            "trained into: unset MLFLOW_RUN_ID (`mlflow run` sets it for the process it starts; "
-            "one left in the shell makes every training continue that run)"
-        )
+        raise UserError(stale_launched_run(run_id))
     return run_id
 
 
