@@ -9,7 +9,9 @@ param `writer.N` = "HOST pid PID since SECONDS TOKEN", and the loser of a race r
 holder refreshes the tag `writer.N.heartbeat` (unix seconds) every HEARTBEAT_SECONDS and sets it
 to "released" when it is done. A holder is gone, and its lease free, when its run is no longer
 RUNNING, when it released it, when its heartbeat is older than STALE_SECONDS, or at once when it
-ran on this host and its pid is no longer alive (a killed run is resumed without waiting).
+ran on this host and its pid is no longer alive (a killed run is resumed without waiting), or
+is this process, which no longer holds it (its release may not have reached a server that was
+down).
 A holder that finds a later generation at a heartbeat (it was silent for so long that another
 process took over) stops training at its next step, leaving the run to the new writer.
 """
@@ -38,6 +40,9 @@ HEARTBEAT_SECONDS = 20.0
 STALE_SECONDS = 4 * HEARTBEAT_SECONDS
 RELEASED = "released"
 EXIT_WAIT_SECONDS = 5.0
+# The claims this process holds (or is making): a claim of this very process is live only while
+# it is here, even when its release never reached the server (down at the time).
+_claims: set[str] = set()
 
 
 class RunHeld(TrackingError):
@@ -57,6 +62,7 @@ class Holder:
     host: str
     pid: int
     since: float
+    token: str
     heartbeat: float | None  # None: none yet
     released: bool
 
@@ -71,17 +77,20 @@ class Holder:
         if not claims:
             return None
         generation = max(claims)
-        host, _, pid, _, since, *_ = claims[generation].split() + ["", "", "0", "", "0"]
+        host, _, pid, _, since, token = (claims[generation].split() + [""] * 6)[:6]
         beat = run.data.tags.get(heartbeat_tag(generation))
         released = beat == RELEASED
-        return cls(generation, host, _int(pid), _float(since),
+        return cls(generation, host, _int(pid), _float(since), token,
                    None if released or beat is None else _float(beat), released)  # fmt: skip
 
     def live(self, run: Run, now: float) -> bool:
         if self.released or run.info.status != "RUNNING":
             return False
-        if self.host == socket.gethostname() and not _pid_alive(self.pid):
-            return False
+        if self.host == socket.gethostname():
+            if self.pid == os.getpid():
+                return self.token in _claims
+            if not _pid_alive(self.pid):
+                return False
         return now - max(self.since, self.heartbeat or 0.0) < STALE_SECONDS
 
     def describe(self, now: float) -> str:
@@ -100,6 +109,7 @@ class WriterLease:
     def __init__(self):
         self.run_id: str | None = None
         self.generation = 0
+        self._claim = ""
         self._stop = threading.Event()
         self._lost: LeaseLost | None = None
         self._thread: threading.Thread | None = None
@@ -115,17 +125,23 @@ class WriterLease:
         if holder is not None and holder.live(run, now):
             raise _held(run_id, holder, now)
         generation = (holder.generation if holder else 0) + 1
-        claim = f"{socket.gethostname()} pid {os.getpid()} since {now:.3f} {uuid.uuid4().hex}"
+        token = uuid.uuid4().hex
+        claim = f"{socket.gethostname()} pid {os.getpid()} since {now:.3f} {token}"
+        _claims.add(token)  # before the claim can be read: this process's others see it live
         try:
             client.log_param(run_id, f"{PARAM}.{generation}", claim)
         except MlflowException as e:
+            _claims.discard(token)
             if e.error_code != "INVALID_PARAMETER_VALUE":
                 raise
             winner = Holder.of(get_run(run_id))  # another process claimed it a moment before
             if winner is None or winner.generation < generation:
                 raise
             raise _held(run_id, winner, time.time()) from None
-        self.run_id, self.generation = run_id, generation
+        except BaseException:
+            _claims.discard(token)
+            raise
+        self.run_id, self.generation, self._claim = run_id, generation, token
         self._thread = threading.Thread(target=self._beat, name="writer-lease", daemon=True)
         self._thread.start()
 
@@ -143,6 +159,7 @@ class WriterLease:
         self._stop.set()
         if self._thread is None:
             return
+        _claims.discard(self._claim)
         # A beat in flight may be waiting out a server that is down: the thread is a daemon,
         # so it is not waited for long.
         self._thread.join(EXIT_WAIT_SECONDS)
