@@ -152,3 +152,15 @@ def test_of_many_claims_at_the_same_moment_exactly_one_wins(tracking):
     finally:
         for lease_ in leases:
             lease_.__exit__(None, None, None)
+
+
+def test_a_release_that_never_reached_the_server_does_not_lock_the_run_for_this_process(tracking):
+    """The server was down when the lease was released (the run resumes once it is back, in
+    this same process): the claim is this process's, which no longer holds it."""
+    run_id = held_run(tracking)
+    with WriterLease() as first:
+        first.take(run_id)
+    MlflowClient().delete_tag(run_id, heartbeat_tag(1))  # as if the release was never sent
+    with WriterLease() as second:
+        second.take(run_id)
+        assert second.generation == 2
