@@ -42,9 +42,12 @@ from cifar_mlflow.compare.study import (
     seed_band,
     table_rows,
 )  # fmt: skip
+from cifar_mlflow.core.config import TrainConfig
 from cifar_mlflow.testing.runs import log_synthetic_run
-from cifar_mlflow.tracking import history
+from cifar_mlflow.tracking import history, training
 from cifar_mlflow.tracking.history import fetch_histories
+from cifar_mlflow.tracking.runs import tracked_run
+from cifar_mlflow.tracking.training_runs import TRAINED_BY_TAG, where_training_runs_are
 
 from .conftest import PROJECT_ROOT, free_port, on_both_stores, tracking_on
 
@@ -409,6 +412,51 @@ def test_unfinished_runs_count_only_when_asked_and_compare_runs_never(study, tra
     [sigmoid] = [r for r in read_table(tmp_path / "b") if r["activation"] == "sigmoid"]
     assert sigmoid["run_ids"] == ids["failed"][0]
     assert len(compare_runs(experiment)) == before + 2
+
+
+def test_runs_not_trained_by_this_tool_and_runs_without_an_epoch_are_left_out_and_said(
+    tracking, tmp_path
+):
+    """Beside ours: a run of another tool with a `model` tag and param, logged with mlflow; one
+    of ours recorded before the trained_by tag (known by its params); one that failed in its
+    first epoch, before logging one."""
+    ours = [log_synthetic_run(tracking, activation=a) for a in ("relu", "gelu")]
+    legacy = log_synthetic_run(tracking, activation="sigmoid")
+    MlflowClient().delete_tag(legacy, TRAINED_BY_TAG)
+    experiment_id = mlflow.get_experiment_by_name(tracking).experiment_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name="forest") as foreign:
+        mlflow.set_tag("model", "random_forest")
+        mlflow.log_params({"model": "random_forest", "n_estimators": 100, "seed": 0})
+        for step, acc in enumerate((0.5, 0.6), 1):
+            mlflow.log_metrics({"test_acc": acc, "train_loss": 1 / step}, step=step)
+    config = TrainConfig(experiment=tracking, activation="leaky_relu", system_metrics=False)
+    with pytest.raises(RuntimeError), tracked_run(training.training_run(config)) as failed:
+        raise RuntimeError("the loss became nan in epoch 1")
+
+    out = tmp_path / "report"
+    result = compare("--experiment", tracking, "--include-unfinished", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert "compared 3 runs in 3 configurations" in result.stdout
+    said = [line for line in result.stderr.splitlines() if line.startswith("warning: left out")]
+    assert said == [
+        "warning: left out 1 run(s) not recorded by `cifar-mlflow train` (no trained_by tag, "
+        "nor its params): forest",
+        f"warning: left out 1 run(s) that logged no epoch ({failed_name(failed)} FAILED: "
+        "RuntimeError: the loss became nan in epoch 1)",
+    ], result.stderr
+    assert sorted(r["run_ids"] for r in read_table(out)) == sorted([*ours, legacy])
+    assert foreign.info.run_id not in (out / "report.md").read_text()
+    assert "left out 1 run(s) not recorded by" in (out / "report.md").read_text()
+
+    # The "training runs are in ..." hint counts the same runs: ours, not the foreign one.
+    hint = where_training_runs_are(f"{tracking}-elsewhere")
+    assert f"{tracking!r} (5 runs)" not in hint
+    if repr(tracking) in hint:
+        assert f"{tracking!r} (4 runs)" in hint
+
+
+def failed_name(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.run_name
 
 
 def test_filter_and_sweep_narrow_the_selection(tracking, tmp_path):

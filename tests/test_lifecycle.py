@@ -113,3 +113,19 @@ def test_a_new_run_leaves_the_environment_of_later_processes_alone(tracking):
     with tracked_run(spec(tracking)):
         pass
     assert "MLFLOW_EXPERIMENT_ID" not in os.environ
+
+
+def test_mlflow_run_id_left_naming_a_finished_run_is_refused_and_the_run_untouched(
+    tracking, monkeypatch
+):
+    """A shell that kept MLFLOW_RUN_ID after an `mlflow run`: no command records into that run."""
+    with tracked_run(spec(tracking)) as finished:
+        pass
+    monkeypatch.setenv("MLFLOW_RUN_ID", finished)
+    with pytest.raises(UserError, match=f"MLFLOW_RUN_ID={finished} names a run that has already "
+                                        "finished.*unset MLFLOW_RUN_ID"):  # fmt: skip
+        with tracked_run(spec(tracking, tags={"job": "compare"})):
+            pass
+    run = MlflowClient().get_run(finished)
+    assert run.info.status == "FINISHED" and run.data.tags["job"] == "test"
+    assert mlflow.active_run() is None

@@ -3,17 +3,20 @@ continues in the same MLflow run and ends bitwise equal (on CPU) to a run never 
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import uuid
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from cifar_mlflow.cli import cli
 from cifar_mlflow.core import checkpoint
@@ -40,6 +43,22 @@ def resumable_args(data_dir, experiment) -> list[str]:
 
 def train(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def training_params(run_id: str) -> list[mlflow.entities.Param]:
+    """A run's params as a hand-made copy of it needs them: without its writers' claims (the
+    copy has had no writer)."""
+    params = MlflowClient().get_run(run_id).data.params
+    return [mlflow.entities.Param(k, v) for k, v in params.items() if not k.startswith("writer.")]
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
 
 
 def logged_weights(run_id: str, checkpoint: str) -> dict[str, torch.Tensor]:
@@ -127,7 +146,7 @@ def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
             for step, v in history(uninterrupted, k)
             if step == 1
         ],
-        params=[mlflow.entities.Param(k, v) for k, v in reference.data.params.items()],
+        params=training_params(uninterrupted),
     )
     client.log_artifact(run_id, saved, SLOTS[0])
     client.set_tag(run_id, CHECKPOINT_TAG, f"{SLOTS[0]}/checkpoint.pt")
@@ -139,7 +158,8 @@ def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
     assert_same_as(run_id, uninterrupted)
 
 
-def test_resume_refuses_what_it_cannot_continue(tracking, uninterrupted):
+def test_resume_refuses_what_it_cannot_continue(tracking, uninterrupted, image_folder,
+                                                 monkeypatch, tmp_path):  # fmt: skip
     changed = train("train", "--resume", uninterrupted, "--lr", "0.1")
     assert changed.exit_code == 2 and "drop --lr" in changed.output
     finished = train("train", "--resume", uninterrupted)
@@ -148,11 +168,59 @@ def test_resume_refuses_what_it_cannot_continue(tracking, uninterrupted):
     assert unknown.exit_code == 1 and "no run" in unknown.output
 
     client = MlflowClient()
-    params = client.get_run(uninterrupted).data.params
-    fresh = client.create_run(mlflow.set_experiment(tracking).experiment_id).info.run_id
-    client.log_batch(fresh, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
-    no_checkpoint = train("train", "--resume", fresh)
+
+    def copy_of_reference() -> str:
+        fresh = client.create_run(mlflow.set_experiment(tracking).experiment_id).info.run_id
+        client.log_batch(fresh, params=training_params(uninterrupted))
+        return fresh
+
+    no_checkpoint = train("train", "--resume", copy_of_reference())
     assert no_checkpoint.exit_code == 1 and "has no checkpoint" in no_checkpoint.output
+
+    # The checkpoint its tag names is gone from the artifact store.
+    gone = copy_of_reference()
+    client.set_tag(gone, CHECKPOINT_TAG, f"{SLOTS[0]}/checkpoint.pt")
+    assert_one_line_error(train("train", "--resume", gone), f"run {gone}'s checkpoint "
+                          f"{SLOTS[0]}/checkpoint.pt cannot be fetched")  # fmt: skip
+
+    # A checkpoint that lacks a field.
+    reference = client.get_run(uninterrupted).data.tags[CHECKPOINT_TAG]
+    state = checkpoint.load(client.download_artifacts(uninterrupted, reference, str(tmp_path)))
+    del state["history"]
+    damaged = copy_of_reference()
+    client.log_artifact(damaged, str(checkpoint.save(state, tmp_path / "damaged" /
+                                                     "checkpoint.pt")), SLOTS[0])  # fmt: skip
+    client.set_tag(damaged, CHECKPOINT_TAG, f"{SLOTS[0]}/checkpoint.pt")
+    assert_one_line_error(train("train", "--resume", damaged), f"run {damaged}'s checkpoint "
+                          f"{SLOTS[0]}/checkpoint.pt lacks history")
+    for run_id in (gone, damaged):  # refused before the run was opened: left as it was
+        assert FAILURE_TAG not in client.get_run(run_id).data.tags
+
+    # MLFLOW_RUN_ID left in the shell after an `mlflow run`, naming a finished run.
+    monkeypatch.setenv("MLFLOW_RUN_ID", uninterrupted)
+    assert_one_line_error(train(*resumable_args(image_folder, tracking)),
+                          f"MLFLOW_RUN_ID={uninterrupted} names a run that has already finished",
+                          "unset MLFLOW_RUN_ID")  # fmt: skip
+
+
+def test_a_killed_run_is_not_continued_on_changed_data(tracking, image_folder, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    process = TrainingProcess(resumable_args(data, tracking))
+    run_id = process.run_id()
+    wait_for_checkpoint(run_id, 1)
+    process.process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+
+    changed = data / "train" / "cat" / "0000.png"
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(changed)
+    line = assert_one_line_error(train("train", "--resume", run_id),
+                                 f"the data changed since run {run_id} was trained: the ",
+                                 f"give that data to --data-dir ({data} now)")  # fmt: skip
+    assert " split (" in line and "digest " in line
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "RUNNING" and FAILURE_TAG not in run.data.tags  # left as it was
+    assert steps(run_id, "test_acc") in ([], [1])
 
 
 WRITER = """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,8 +19,21 @@ from ..core.redaction import redacted
 from ..tracking import connection, records
 from ..tracking.connection import is_http
 from ..tracking.history import fetch_histories
-from ..tracking.runs import JOB_TAG, TUNED_FROM_TAG, RunSpec, get_run, tracked_run, ui_route
-from ..tracking.training_runs import Selection, SelectionError, training_runs
+from ..tracking.runs import (
+    FAILURE_TAG,
+    JOB_TAG,
+    TUNED_FROM_TAG,
+    RunSpec,
+    get_run,
+    tracked_run,
+    ui_route,
+)
+from ..tracking.training_runs import (  # training_runs: bench/bench_compare.py reads it here
+    Selection,
+    SelectionError,
+    select_training_runs,
+    training_runs,  # noqa: F401
+)
 from . import report
 from .study import Curve, RunRecord, effective_config
 
@@ -56,6 +70,22 @@ def load_records(runs: list[Run]) -> list[RunRecord]:
     return records
 
 
+def _without_epochs(runs: list[Run], loaded: list[RunRecord]) -> str:
+    """'' or which selected runs are left out for logging no epoch (one that diverged or was
+    stopped in its first epoch), with their status and reason."""
+    kept = {r.run_id for r in loaded}
+    missing = [r for r in runs if r.info.run_id not in kept]
+    if not missing:
+        return ""
+    said = "; ".join(
+        f"{r.info.run_name or r.info.run_id} {r.info.status}"
+        + (f": {r.data.tags[FAILURE_TAG][:120]}" if FAILURE_TAG in r.data.tags else "")
+        for r in missing[:5]
+    )
+    more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return f"left out {len(missing)} run(s) that logged no epoch ({said}{more})"
+
+
 def _int(value: str | None) -> int | None:
     return int(float(value)) if value else None
 
@@ -70,18 +100,23 @@ def run_compare(
     writable_folder(output, "--output-dir")
     writable_folder(output.resolve().parent, "--output-dir's folder")  # the report is made there
     uri = redacted(connection.connect())  # shown in the report and the description
-    runs = training_runs(selection)
+    selected = select_training_runs(selection)
+    runs = selected.runs
     loaded = load_records(runs)
     if not loaded:
         raise SelectionError(
             f"none of the {len(runs)} selected runs in {selection.experiment!r} has logged an "
             "epoch yet"
         )
+    left_out = [x for x in (selected.left_out(), _without_epochs(runs, loaded)) if x]
+    for note in left_out:
+        warnings.warn(note, stacklevel=1)
     described = (
         f"Experiment `{selection.experiment}` on `{uri}`"
         + (f", filter `{selection.filter}`" if selection.filter else "")
         + (f", sweep `{selection.sweep}`" if selection.sweep else "")
         + ("" if selection.include_unfinished else ", finished runs")
+        + "".join(f" ({note})" for note in left_out)
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as tmp:

@@ -27,6 +27,9 @@ from .files import atomic_write
 from .selection import BestWeights
 
 FORMAT = "cifar-mlflow-checkpoint-2"  # 2: with the best epoch's weights
+# What `capture` writes and resuming reads: a file without one of them cannot be continued.
+FIELDS = ("best", "epoch", "device_type", "config", "history", "model", "optimizer", "schedule",
+          "rng")  # fmt: skip
 
 
 class CheckpointError(UserError):
@@ -55,15 +58,23 @@ def save(state: dict, path: Path) -> Path:
     return path
 
 
-def load(path: Path) -> dict:
+def load(path: Path, name: str = "") -> dict:
+    """The state in `path`; errors call it `name` (where it came from), else by its path."""
+    name = name or f"checkpoint {path}"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated zip, a foreign pickle...: all mean "not ours, or damaged"
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {e})"
+            f"{name} cannot be read ({type(e).__name__}: {e})"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a cifar-mlflow checkpoint ({FORMAT})")
+        raise CheckpointError(f"{name} is not a cifar-mlflow checkpoint ({FORMAT})")
+    missing = [k for k in FIELDS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{name} lacks {', '.join(missing)}: it is damaged, so the run cannot "
+            "continue from it; start a new run"
+        )
     return state
 
 

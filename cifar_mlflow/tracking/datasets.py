@@ -92,3 +92,23 @@ def _log_input(dataset: Dataset, context: str, tries: int = 3) -> None:
             if attempt == tries - 1 or not is_duplicate_row(e):
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def data_changes(run: Run, data: Cifar10) -> str | None:
+    """What differs between `data` and the splits `run` logged as its inputs ("the train split
+    (48 images, the run had 50)"), or None when they are the same images, or the run logged
+    none to compare with."""
+    changed = []
+    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        logged = logged_digest(run, name)
+        now = split_digest(split) if split is not None else None
+        if logged is None and now is None:
+            continue
+        if logged is None and not any(logged_digest(run, s) for s in CONTEXTS):
+            return None  # a run from before its inputs were logged: nothing to compare with
+        if logged != now:
+            before = run.data.params.get(f"{name}_images")
+            size = len(split) if split is not None else 0
+            counted = f"{size} images, the run had {before}" if before else f"{size} images"
+            changed.append(f"the {CONTEXTS[name]} split ({counted}; digest {logged} -> {now})")
+    return "; ".join(changed) or None

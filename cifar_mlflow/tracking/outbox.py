@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .connection import RunRefused, TrackingError, http_status, is_permanent, tracking_uri
@@ -275,7 +276,15 @@ def download_last_checkpoint(run_id: str, dest: Path) -> Path | None:
     artifact = run.data.tags.get(CHECKPOINT_TAG)
     if artifact is None:
         return None
-    return Path(MlflowClient().download_artifacts(run_id, artifact, str(dest)))
+    try:
+        return Path(MlflowClient().download_artifacts(run_id, artifact, str(dest)))
+    except (MlflowException, OSError) as e:  # deleted from the artifact store, or unreachable
+        said = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise TrackingError(
+            f"run {run_id}'s checkpoint {artifact} cannot be fetched from its artifact store "
+            f"({said}): if the store is reachable, the file is gone and the run cannot continue; "
+            "start a new run"
+        ) from None
 
 
 def log_missing_epochs(run_id: str, history: list[EpochMetrics]) -> None:

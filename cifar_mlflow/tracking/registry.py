@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from ..core.errors import UserError
 from .runs import FAILURE_TAG, FINISHED
-from .training_runs import where_training_runs_are
+from .training_runs import is_training_run, where_training_runs_are
 
 # The registry's rules for an alias (MLflow's model registry documentation): letters, digits,
 # '_' and '-', at most 255 characters; "latest" and "v<number>" are reserved. Checked before
@@ -77,7 +77,7 @@ def candidate_runs(experiment: str, model: str, extra_filter: str = "") -> list[
         raise RegistryError(
             f"--filter {extra_filter!r} is not a valid MLflow filter: {e.message}"
         ) from None
-    return [r for r in runs if FAILURE_TAG not in r.data.tags]
+    return [r for r in runs if FAILURE_TAG not in r.data.tags and is_training_run(r)]
 
 
 def checkpoints_of(runs: list[Run]) -> list[LoggedModel]:

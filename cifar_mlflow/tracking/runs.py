@@ -88,6 +88,8 @@ def _start(spec: RunSpec) -> mlflow.ActiveRun:
     run_id = spec.run_id or launched_run_id()
     if run_id:
         run = get_run(run_id)
+        if not spec.run_id and run.info.status == FINISHED:
+            raise UserError(stale_launched_run(run_id))
         mark_model_training(MlflowClient().get_experiment(run.info.experiment_id))
         # The fluent API refuses a run outside its active experiment (this process may have
         # worked in another one before): continue in the run's own.
@@ -164,6 +166,16 @@ def _record_start(run_id: str, spec: RunSpec) -> None:
 def _end_active(status: str, error: BaseException) -> None:
     """Best effort and quick: when the server is what failed, the error that brought us here is
     the one to report."""
+    if getattr(error, "foreign_writer", False):
+        # lease.LeaseLost: another process writes the run now; its status is left as that
+        # process has it (MLflow's only way to leave the active run is to end it: with the
+        # status the run holds, it stays as it is).
+        held = "RUNNING"
+        with contextlib.suppress(Exception):
+            held = MlflowClient().get_run(mlflow.active_run().info.run_id).info.status
+        with contextlib.suppress(Exception):
+            mlflow.end_run(held)
+        return
     if getattr(error, "unmarkable", False):
         # connection.RunRefused for a run deleted (or unreadable) on the server: it cannot be
         # marked, the error says so, and each try would only add a warning. Leave it here only.
@@ -206,6 +218,15 @@ def launched_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
+def stale_launched_run(run_id: str) -> str:
+    """Why a finished run named by MLFLOW_RUN_ID is not recorded into, and what to do."""
+    return (
+        f"MLFLOW_RUN_ID={run_id} names a run that has already finished, so it cannot be "
+        "recorded into: unset MLFLOW_RUN_ID (`mlflow run` sets it for the process it starts; "
+        "one left in the shell sends every command's results to that run)"
+    )
+
+
 def mark_launched_run(name: str, tags: Mapping[str, str]) -> None:
     """Name and tag the run `mlflow run` made for this process when the command records nothing
     into it (`sweep --dry-run`: tag dry_run), so it is not left a nameless empty run. Outside
@@ -246,6 +267,12 @@ def get_run(run_id: str) -> Run:
             f"no run {run_id!r} on {tracking_uri()}: check the id (printed when a run starts) and "
             "MLFLOW_TRACKING_URI"
         ) from None
+
+
+def quick_exit() -> contextlib.AbstractContextManager[None]:
+    """MLflow's requests in the block retried once, with a short timeout (QUICK_EXIT_RETRIES):
+    for the last calls on the way out."""
+    return _env(QUICK_EXIT_RETRIES)
 
 
 @contextlib.contextmanager

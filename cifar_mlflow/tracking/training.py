@@ -16,6 +16,7 @@ from ..core.engine import EpochMetrics
 from ..core.selection import best_epoch
 from .connection import TrackingError
 from .runs import RunSpec, get_run
+from .training_runs import TRAINED_BY, TRAINED_BY_TAG
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FACTOR_TAGS = ("model", "activation", "optimizer")  # compare and export select runs on these
@@ -30,7 +31,8 @@ def training_run(
     return RunSpec(
         experiment=config.experiment,
         name=name or config.run_name,
-        tags={**{k: getattr(config, k) for k in FACTOR_TAGS}, **(tags or {})},
+        tags={**{k: getattr(config, k) for k in FACTOR_TAGS}, TRAINED_BY_TAG: TRAINED_BY,
+              **(tags or {})},  # fmt: skip
         params={**config.as_params(), "torch_version": torch.__version__,
                 "git_commit": git_commit()},
         run_id=run_id,

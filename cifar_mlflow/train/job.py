@@ -35,10 +35,25 @@ from ..core.models import Normalized
 from ..core.selection import BestWeights
 from ..core.signals import Interrupted, StopOnSignal
 from ..tracking import connection, records, training
-from ..tracking.datasets import log_inputs, run_datasets
+from ..tracking.datasets import data_changes, log_inputs, run_datasets
+from ..tracking.lease import WriterLease
 from ..tracking.models import log_checkpoint
-from ..tracking.outbox import CHECKPOINT_FILE, Outbox, download_last_checkpoint, log_missing_epochs
-from ..tracking.runs import check_experiment, get_run, launched_run_id, tracked_run, ui_url
+from ..tracking.outbox import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_TAG,
+    Outbox,
+    download_last_checkpoint,
+    log_missing_epochs,
+)
+from ..tracking.runs import (
+    FINISHED,
+    check_experiment,
+    get_run,
+    launched_run_id,
+    stale_launched_run,
+    tracked_run,
+    ui_url,
+)
 from .summary import Summary, curves_figure
 
 CURVES_FIGURE = "curves.png"  # the run's artifact: its loss and accuracy per epoch
@@ -72,16 +87,22 @@ def run_training(
     `log_models=False` skips the `best` and `final` LoggedModels: a tune's trials only rank
     settings (measured: logging the two costs ~5 s per run here, bench/bench_model_logging.py).
     """
-    with StopOnSignal() as stop, tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
-        start = _prepare(config, resume, Path(tmp))
+    with (
+        StopOnSignal() as stop,
+        tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp,
+        WriterLease() as lease,
+    ):
+        start = _prepare(config, resume, Path(tmp), lease)
         recorder = EpochRecorder(Path(tmp), on_epoch, saved=start.epochs_done)
 
         def steps(batches, epoch: int) -> Iterable:
-            return recorder.outbox.guard(stop.steps(wrap(batches, epoch) if wrap else batches))
+            batches = stop.steps(wrap(batches, epoch) if wrap else batches)
+            return lease.guard(recorder.outbox.guard(batches))
 
         opened = None
         try:
             with tracked_run(training.training_run(config, start.run_id, tags, name)) as opened:
+                lease.take(opened)  # a new run's; a continued run's is taken before its state
                 trainer = Trainer(config, start.data, start.device)
                 done, best = [], BestWeights()
                 if start.state:
@@ -121,16 +142,28 @@ class Start:
         return self.state["epoch"] if self.state else 0
 
 
-def _prepare(config: TrainConfig, resume: str | None, workdir: Path) -> Start:
+def _prepare(
+    config: TrainConfig, resume: str | None, workdir: Path, lease: WriterLease
+) -> Start:
     device = resolve_device(config.device)
     connection.connect()
     run_id = _run_to_continue(resume)
-    if not run_id:
+    if run_id:
+        lease.take(run_id)  # before its state is read: from here on no other process writes it
+    else:
         check_experiment(config.experiment)
     state = _saved_state(run_id, resume is not None, config, device, workdir) if run_id else None
     data = load_cifar10(
         config.data_dir, config.train_limit, config.test_limit, config.val_size, config.seed
     )
+    if state:
+        changed = data_changes(get_run(run_id), data)
+        if changed:
+            raise UserError(
+                f"the data changed since run {run_id} was trained: {changed}; a run continues "
+                f"on the data it started on: give that data to --data-dir ({config.data_dir} "
+                "now), or train a new run on this data (the same options, without --resume)"
+            )
     return Start(device, run_id, state, data)
 
 
@@ -215,7 +248,12 @@ def _run_to_continue(resume: str | None) -> str | None:
         raise UserError(
             f"--resume {resume} conflicts with MLFLOW_RUN_ID={launched}: give one run to continue"
         )
-    return resume or launched
+    run_id = resume or launched
+    if run_id and get_run(run_id).info.status == FINISHED:
+        if resume:
+            raise UserError(f"run {run_id} has already finished: there is nothing to resume")
+        raise UserError(stale_launched_run(run_id))
+    return run_id
 
 
 def _saved_state(
@@ -229,7 +267,8 @@ def _saved_state(
                 "new run instead"
             )
         return None  # a run that `mlflow run` has just created
-    state = checkpoint.load(path)
+    artifact = get_run(run_id).data.tags.get(CHECKPOINT_TAG, CHECKPOINT_FILE)
+    state = checkpoint.load(path, name=f"run {run_id}'s checkpoint {artifact}")
     checkpoint.check_matches(state, config, device)
     path.unlink()
     return state
