@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from typing import Protocol
 
 from ..tracking.runs import FAILED, KILLED
 from ..tracking.sweeps import settle_child
-from ..train.events import EVENTS_FD, Event, read_events
+from ..train.events import EVENTS_FD, RUNS_PER_DEVICE, Event, read_events
 
 ERROR_LINE = re.compile(r"^error: (.+)")
 OUTPUT_LINES_KEPT = 200  # of a failed process, logged to its run (tracking.sweeps)
@@ -219,6 +220,11 @@ def local_slots(parallel: int | None, runs_per_gpu: int, gpus: Sequence[str]) ->
     return [gpus[i % len(gpus)] if gpus else None for i in range(count)]
 
 
+def sharing_device(spec: Launch, runs: int) -> Launch:
+    """`spec` told that `runs` trainings share its device (RUNS_PER_DEVICE: logged by the run)."""
+    return dataclasses.replace(spec, env={**spec.env, RUNS_PER_DEVICE: str(max(1, runs))})
+
+
 def run_local(
     launches: Sequence[Launch], observer: Observer, slots: Sequence[str | None]
 ) -> dict[int, Outcome]:
@@ -229,13 +235,16 @@ def run_local(
     for slot in slots:
         free.put(slot)
     children = Children()
+    # The slots on one device (every slot, without GPUs), as many as there are runs to fill them.
+    sharing = {slot: min(len(launches), slots.count(slot)) for slot in slots}
 
     def one(spec: Launch) -> Outcome:
         gpu = free.get()
         try:
             if children.stopped_by is None:
                 observer.started(spec.index)
-            outcome = launch(spec, lambda event: observer.progress(spec.index, event), gpu,
+            outcome = launch(sharing_device(spec, sharing[gpu]),
+                             lambda event: observer.progress(spec.index, event), gpu,
                              children)  # fmt: skip
             observer.finished(spec.index, outcome)
             return outcome
