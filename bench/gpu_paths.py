@@ -105,7 +105,8 @@ def main() -> None:
     data = load_cifar10(args.data_dir, args.train_limit, args.test_limit, 0, 0)
     # A training set that is not a multiple of the batch: the last partial batch is dropped.
     base = TrainConfig(device=device.type, epochs=args.epochs, batch_size=args.batch_size,
-                       train_limit=args.train_limit, test_limit=args.test_limit, val_size=0)  # fmt: skip
+                       train_limit=args.train_limit, test_limit=args.test_limit,
+                       val_size=0)  # fmt: skip
     bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
     results: dict = {"environment": environment(device), "bf16_supported": bf16,
                      "auto_precision": resolve_precision("auto", device), "runs": {}}  # fmt: skip

@@ -90,7 +90,8 @@ def test_the_script_parses():
 
 def paths_result(device: str, auto: str, **compiled) -> dict:
     run = {"train_loss": [2.3, 2.1], "training_batch_shapes": 1, "scaler_scale": None,
-           "compile_used": False, "compile_fallback": None, "steps": 40, "slow_steps": 0}  # fmt: skip
+           "compile_used": False, "compile_fallback": None, "steps": 40,
+           "slow_steps": 0}  # fmt: skip
     runs = {"fp32": run, "fp16": {**run, "scaler_scale": 65536.0}, "bf16": run}
     if compiled:
         runs["compiled"] = {**run, **compiled}

@@ -21,8 +21,8 @@ from PIL import Image
 from torch import nn
 
 from cifar_mlflow.cli import cli
-from cifar_mlflow.core.batches import PAD, DeviceBatches, crop_and_flip
 from cifar_mlflow.core import config as cfg
+from cifar_mlflow.core.batches import PAD, DeviceBatches, crop_and_flip
 from cifar_mlflow.core.config import TrainConfig
 from cifar_mlflow.core.data import MEAN, STD, Cifar10, Split, load_cifar10
 from cifar_mlflow.core.engine import (
@@ -35,7 +35,6 @@ from cifar_mlflow.core.engine import (
 )
 from cifar_mlflow.core.errors import UserError
 from cifar_mlflow.core.models import build_model
-
 from cifar_mlflow.tune.ranges import DEFAULT_LR_RANGES
 
 from .conftest import PROJECT_ROOT, tiny_images, tiny_train_args
@@ -153,7 +152,9 @@ def test_batch_counts(n, batch_size, sizes, augment):
     assert [len(y) for _, y in batches] == sizes
 
 
-@pytest.mark.parametrize(("n", "batch_size", "sizes"), [(10, 4, [4, 4]), (8, 4, [4, 4]), (3, 8, [3])])
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"), [(10, 4, [4, 4]), (8, 4, [4, 4]), (3, 8, [3])]
+)
 def test_training_batches_drop_the_last_partial_one_and_each_pass_leaves_out_others(
     n, batch_size, sizes
 ):

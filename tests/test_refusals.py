@@ -96,8 +96,9 @@ def test_only_refusals_for_good_are_permanent(tracking, monkeypatch):
     assert busy.get_http_status_code() == 400 and not is_permanent(busy)
 
 
-def test_an_error_of_this_process_stops_the_outbox_at_once_in_its_own_words(tracking, tmp_path,
-                                                                              monkeypatch):  # fmt: skip
+def test_an_error_of_this_process_stops_the_outbox_at_once_in_its_own_words(
+    tracking, tmp_path, monkeypatch
+):
     """A checkpoint that cannot be read (a disk error, say) is no outage: not 600 s of retries
     ending in "the server is gone", but the error itself, raised at the next training step."""
     monkeypatch.chdir(tmp_path)
