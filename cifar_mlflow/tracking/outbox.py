@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
-import urllib3
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -75,11 +74,11 @@ class LocalFailure(TrackingError):
 
 
 # What a failure on the way to the server, or in it, raises: MLflow's REST errors (no answer
-# comes as one too), requests' and urllib3's, and the OS's network errors (a refused or reset
-# connection, a timeout, a name that does not resolve). Every other error is this process's own.
-NETWORK_ERRORS = (MlflowException, requests.RequestException, urllib3.exceptions.HTTPError,
-                  http.client.HTTPException, ConnectionError, TimeoutError, socket.gaierror,
-                  socket.herror)  # fmt: skip
+# comes as one too), requests' (which wraps urllib3's), http.client's, and the OS's network
+# errors (a refused or reset connection, a timeout, a name that does not resolve). Every other
+# error is this process's own.
+NETWORK_ERRORS = (MlflowException, requests.RequestException, http.client.HTTPException,
+                  ConnectionError, TimeoutError, socket.gaierror, socket.herror)  # fmt: skip
 
 
 def is_local(error: BaseException) -> bool:
