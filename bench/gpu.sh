@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU figure in one run of at most 8 minutes on a GPU machine (docs/benchmarks.md, "GPU:
+# Every GPU figure in one run of at most 10 minutes on a GPU machine (docs/benchmarks.md, "GPU:
 # how to run"). Each section runs within its own time box (timeout), so one that overruns costs
 # only its box; each writes its JSON under $WORK/new, and after every section everything so far is
 # bundled into $OUT in four files, so a run cut off by its time limit still brings its figures back:
 # gpu-results.json, benchmarks.md (the page rendered with the new figures), log.txt, nvidia-smi.csv.
+# The paths section also checks what only a GPU runs (bench/gpu_paths.py: the precision auto
+# picks, fp16 with its scaler, adamw and silu, a compiled step compiled once) into
+# $OUT/paths-<device>.json; a failed check is its section's exit 1.
 #
 #   GPU:     bash bench/gpu.sh          (data/cifar10-jpeg.npz beside the tree: bench/gpu_data.py)
 #   here:    python bench/gpu_collect.py import <OUT>/gpu-results.json
@@ -49,10 +52,11 @@ if [ "${BENCH_TINY:-0}" = 1 ]; then  # seconds per section on a CPU: the script'
   ACCURACY=(--epochs 1 --workers 0)
   RUNS=(--ks 1,2 --seconds 1 --warmup-steps 1 --block-steps 1)
   PROFILE=(--steps 2 --warmup 1)
+  PATHS=(--train-limit 20 --test-limit 10 --batch-size 10 --epochs 1)  # one step each
   SYNTHETIC=(--train 100 --test 50)
 else
   # Boxes from the expected cost (ResNet-18's 40 epochs: 6.7 PFLOP, ~25 s at 30-40 % of an
-  # H200's bf16 peak; compiling a model: about a minute) and summing to 475 s of the call's 480.
+  # H200's bf16 peak; compiling a model: about a minute) and summing to 565 s of a call's 600.
   DEVICE=cuda
   BOX_SCALE=1
   SMALL=()
@@ -61,6 +65,7 @@ else
   ACCURACY=(--epochs 5 --workers 4 --train-limit 50000 --test-limit 10000)
   RUNS=(--ks 1,2,4,8 --seconds 4)
   PROFILE=()
+  PATHS=()
   SYNTHETIC=()
 fi
 RESULTS=(--results "$WORK/new")
@@ -106,6 +111,8 @@ section runs-per-gpu 50 "$PYTHON" bench/runs_per_gpu.py --device "$DEVICE" "${RE
   --data-dir "$DATA" "${SMALL[@]}" "${RUNS[@]}"
 section profile 20 "$PYTHON" bench/profile_kernels.py --device "$DEVICE" "${RESULTS[@]}" \
   --data-dir "$DATA" "${SMALL[@]}" "${PROFILE[@]}"
+section paths 90 "$PYTHON" bench/gpu_paths.py --device "$DEVICE" --data-dir "$DATA" \
+  --out "$OUT/paths-$DEVICE.json" "${PATHS[@]}"
 
 [ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null
 "$PYTHON" bench/gpu_collect.py bundle "$WORK" "$OUT" >>"$LOG" 2>&1

@@ -8,7 +8,7 @@ import json
 import subprocess
 from datetime import datetime
 
-from bench import gpu_collect, gpu_data
+from bench import gpu_collect, gpu_data, gpu_paths
 from cifar_mlflow.core.data import load_cifar10
 
 from .conftest import PROJECT_ROOT, write_image_folder
@@ -86,3 +86,33 @@ def test_the_bundle_holds_every_result_and_the_page_shows_the_gpu_use(tmp_path):
 
 def test_the_script_parses():
     subprocess.run(["bash", "-n", str(PROJECT_ROOT / "bench" / "gpu.sh")], check=True)
+
+
+def paths_result(device: str, auto: str, **compiled) -> dict:
+    run = {"train_loss": [2.3, 2.1], "training_batch_shapes": 1, "scaler_scale": None,
+           "compile_used": False, "compile_fallback": None, "steps": 40,
+           "slow_steps": 0}  # fmt: skip
+    runs = {"fp32": run, "fp16": {**run, "scaler_scale": 65536.0}, "bf16": run}
+    if compiled:
+        runs["compiled"] = {**run, **compiled}
+    return {"bf16_supported": True, "auto_precision": auto, "runs": runs}
+
+
+def test_the_gpu_path_checks_fail_on_what_they_are_for():
+    import torch
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    once = {"compile_used": True, "slow_steps": 1}
+    assert gpu_paths.check(paths_result("cuda", "bf16", **once), cuda, True) == []
+    assert gpu_paths.check(paths_result("cpu", "fp32"), cpu, False) == []
+    assert gpu_paths.check(paths_result("cuda", "fp16", **once), cuda, True) == [
+        "auto precision fp16, expected bf16"]  # fmt: skip
+    twice = paths_result("cuda", "bf16", compile_used=True, slow_steps=2)
+    assert gpu_paths.check(twice, cuda, True) == ["compiled 2 times in 40 steps"]
+    fallback = paths_result("cuda", "bf16", compile_used=False, compile_fallback="no Triton")
+    assert gpu_paths.check(fallback, cuda, True) == ["compile fell back: no Triton"]
+    ragged = paths_result("cpu", "fp32")
+    ragged["runs"]["fp32"] = {**ragged["runs"]["fp32"], "training_batch_shapes": 2}
+    ragged["runs"]["fp16"] = {**ragged["runs"]["fp16"], "scaler_scale": None}
+    assert gpu_paths.check(ragged, cpu, False) == [
+        "fp32: 2 training batch shapes", "fp16 trained without its gradient scaler"]  # fmt: skip

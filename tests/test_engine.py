@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -20,11 +21,21 @@ from PIL import Image
 from torch import nn
 
 from cifar_mlflow.cli import cli
+from cifar_mlflow.core import config as cfg
 from cifar_mlflow.core.batches import PAD, DeviceBatches, crop_and_flip
 from cifar_mlflow.core.config import TrainConfig
 from cifar_mlflow.core.data import MEAN, STD, Cifar10, Split, load_cifar10
-from cifar_mlflow.core.engine import Trainer, compile_unavailable, forward_flops, resolve_precision
+from cifar_mlflow.core.engine import (
+    OPTIMIZERS,
+    Trainer,
+    build_optimizer,
+    compile_unavailable,
+    forward_flops,
+    resolve_precision,
+)
+from cifar_mlflow.core.errors import UserError
 from cifar_mlflow.core.models import build_model
+from cifar_mlflow.tune.ranges import DEFAULT_LR_RANGES
 
 from .conftest import PROJECT_ROOT, tiny_images, tiny_train_args
 
@@ -141,6 +152,22 @@ def test_batch_counts(n, batch_size, sizes, augment):
     assert [len(y) for _, y in batches] == sizes
 
 
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"), [(10, 4, [4, 4]), (8, 4, [4, 4]), (3, 8, [3])]
+)
+def test_training_batches_drop_the_last_partial_one_and_each_pass_leaves_out_others(
+    n, batch_size, sizes
+):
+    batches = DeviceBatches(random_split(n), batch_size, CPU, True,
+                            torch.Generator().manual_seed(0), drop_last=True)  # fmt: skip
+    assert len(batches) == len(sizes) and batches.num_images == sum(sizes)
+    passes = [torch.cat([y for _, y in batches]) for _ in range(20)]
+    assert all(sorted(map(len, (y for _, y in batches))) == sizes for _ in range(2))
+    assert all(len(set(p.tolist())) == len(p) for p in passes)  # no image twice in a pass
+    # The images left out differ from pass to pass: over 20 passes every image was trained on.
+    assert set(torch.cat(passes).tolist()) == set(range(n))
+
+
 # --- precision and compile --------------------------------------------------------------------
 
 
@@ -164,10 +191,36 @@ def tiny_trainer(**changes) -> Trainer:
     return Trainer(config, tiny_data(), CPU, model)
 
 
-def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu():
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+def test_precision_auto_is_fp32_on_a_cpu_and_what_the_gpu_has_on_cuda():
     assert resolve_precision("auto", CPU) == "fp32"
-    assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp32", CPU) == "fp32"
+    for name in ("bf16", "fp16", "fp32"):
+        assert resolve_precision(name, CPU) == name  # the CPU autocasts both half types
+    if torch.cuda.is_available():  # bench/gpu.sh runs this on a GPU: bf16 where it has it
+        gpu = torch.device("cuda")
+        has_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        assert resolve_precision("auto", gpu) == ("bf16" if has_bf16 else "fp16")
+        if not has_bf16:
+            with pytest.raises(UserError, match="has no bf16: use --precision fp16"):
+                resolve_precision("bf16", gpu)
+
+
+def test_fp16_trains_through_the_gradient_scaler():
+    fp32, fp16 = tiny_trainer(precision="fp32"), tiny_trainer(precision="fp16")
+    assert not fp32.scaler.is_enabled() and fp16.scaler.is_enabled()
+    images, labels = next(iter(fp16.train_batches))
+    with torch.no_grad(), fp16.autocast():
+        assert fp16.model.eval()(images[:2]).dtype == torch.float16
+    before = [p.detach().clone() for p in fp16.model.parameters()]
+    scale = fp16.scaler.get_scale()
+    (fp32_loss, _), (fp16_loss, _) = (t.train_one_epoch([(images, labels)]) for t in (fp32, fp16))
+    assert fp16_loss == pytest.approx(fp32_loss, rel=0.05)
+    # The scaler scaled the loss, unscaled the gradients before the step, and the step happened
+    # (finite gradients: the scale stands).
+    assert fp16.scaler.get_scale() == scale == 2.0**16
+    assert any(not torch.equal(a, b) for a, b in zip(before, fp16.model.parameters()))
+    # Weights moved as fp32 moved them (same seed, same batch): the gradients were unscaled.
+    for a, b in zip(fp32.model.parameters(), fp16.model.parameters()):
+        assert torch.allclose(a, b, atol=2e-3)
 
 
 def test_bf16_on_cpu_autocasts_the_forward_and_still_trains():
@@ -204,7 +257,53 @@ def test_compile_falls_back_with_a_warning_where_no_compiler_works(monkeypatch):
     with pytest.warns(UserWarning, match="--compile: torch.compile unavailable"):
         trainer = tiny_trainer(compile=True)
     assert trainer.step_model is trainer.model
+    assert not trainer.compile_used and "no working C++ compiler" in trainer.compile_fallback
     assert np.isfinite(trainer.run_epoch(1).train_loss)  # trains uncompiled
+    plain = tiny_trainer()
+    assert not plain.compile_used and plain.compile_fallback is None  # not asked for
+
+
+# --- the registries: each entry works, an unknown name is refused -----------------------------
+
+
+def test_the_optimizer_registry_is_the_cli_choices():
+    assert tuple(OPTIMIZERS) == cfg.OPTIMIZERS and set(DEFAULT_LR_RANGES) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_each_optimizer_steps_the_weights(name):
+    trainer = tiny_trainer(optimizer=name, lr=0.05, weight_decay=0.1)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    loss, _ = trainer.train_one_epoch(trainer.train_batches)
+    assert np.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient():
+    """With zero gradients Adam's L2 decay moves nothing (it goes through the normalised step:
+    0/0 guarded by eps stays tiny), AdamW's shrinks each weight by lr * weight_decay."""
+    steps = {}
+    for name in ("adam", "adamw"):
+        weight = nn.Parameter(torch.ones(4))
+        optimizer = build_optimizer(TrainConfig(optimizer=name, lr=0.1, weight_decay=0.5), [weight])
+        weight.grad = torch.zeros(4)
+        optimizer.step()
+        steps[name] = 1 - weight.detach()
+    assert torch.allclose(steps["adamw"], torch.full((4,), 0.05))
+    assert not torch.allclose(steps["adam"], steps["adamw"], atol=1e-3)
+
+
+@pytest.mark.parametrize("field", sorted(cfg.CHOICES))
+def test_a_config_with_an_unknown_choice_is_refused_where_it_is_built(field):
+    with pytest.raises(UserError, match=f"unknown {field} 'nonsense': choose one of"):
+        TrainConfig(**{field: "nonsense"})
+
+
+def test_the_registries_refuse_an_unknown_name_given_past_the_config():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer(SimpleNamespace(optimizer="nonsense"), [])
+    with pytest.raises(ValueError, match="unknown activation 'nonsense'"):
+        build_model("resnet18", "nonsense")
 
 
 # --- FLOPs ------------------------------------------------------------------------------------

@@ -54,6 +54,22 @@ def test_mlproject_parameters_match_the_command_options(entry_point, command, no
     assert spec["command"].startswith(f"python -m entrypoints.{command} ")
 
 
+def test_every_choice_is_offered_by_help_and_listed_in_readme():
+    """A choice added to core.config's registries shows in `train --help` and in README's row of
+    its parameter, in every entry point, with no other edit to the options."""
+    from click.testing import CliRunner
+
+    from cifar_mlflow.core.config import CHOICES
+
+    shown = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    rows = {line.split("|")[1].strip().strip("`"): line
+            for line in (PROJECT_ROOT / "README.md").read_text().splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    for field, names in CHOICES.items():
+        assert f"[{'|'.join(names)}]" in shown, field
+        assert all(f"`{name}`" in rows[field] for name in names if name != "auto"), field
+
+
 def test_train_parameters_are_the_config_fields():
     spec = MLPROJECT["entry_points"]["train"]
     assert set(spec["parameters"]) == {f.name for f in dataclasses.fields(TrainConfig)}

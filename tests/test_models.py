@@ -10,7 +10,8 @@ from cifar_mlflow.core.config import ACTIVATION_NAMES, MODEL_NAMES
 from cifar_mlflow.core.models import ACTIVATIONS, MODELS, GhostModule, build_model, count_parameters
 
 EXPECTED_PARAMETERS = {"resnet18": 11_173_962, "ghost_resnet18": 5_706_186}
-ACTIVATION_TYPES = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
+ACTIVATION_TYPES = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
+                    "silu": nn.SiLU}  # fmt: skip
 
 
 def test_registry_covers_the_study_under_the_names_the_cli_offers():

@@ -97,6 +97,42 @@ def test_only_refusals_for_good_are_permanent(tracking, monkeypatch):
     assert busy.get_http_status_code() == 400 and not is_permanent(busy)
 
 
+def test_an_error_of_this_process_stops_the_outbox_at_once_in_its_own_words(
+    tracking, tmp_path, monkeypatch
+):
+    """A checkpoint that cannot be read (a disk error, say) is no outage: not 600 s of retries
+    ending in "the server is gone", but the error itself, raised at the next training step."""
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment(tracking)).info.run_id
+    missing = tmp_path / "epoch-1" / outbox.CHECKPOINT_FILE  # never written
+    started = time.monotonic()
+    with pytest.raises(outbox.LocalFailure) as failed:
+        with outbox.Outbox(run_id) as box:
+            box.put(1, missing, {"train_loss": 1.0})
+            for _ in box.guard(iter(lambda: time.sleep(0.05), 1)):  # steps until it is raised
+                assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 30
+    message = str(failed.value)
+    assert message.startswith(f"recording run {run_id}'s results failed in this process, not on "
+                              "the tracking server: FileNotFoundError: ")  # fmt: skip
+    assert "no retry can change that" in message and "server" not in message.split(": ", 2)[2]
+    assert isinstance(failed.value.__cause__, FileNotFoundError)
+    assert outbox.is_local(failed.value.__cause__) and outbox.is_local(TypeError("a bug"))
+    assert client.get_metric_history(run_id, "train_loss") == []  # its epoch was not sent
+
+
+def test_no_answer_from_a_server_is_not_a_local_error(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    for call in (lambda c: c.log_metric("0" * 32, "x", 1.0), lambda c: c.get_run("0" * 32)):
+        with pytest.raises(Exception) as no_answer:
+            call(MlflowClient(f"http://127.0.0.1:{free_port()}"))
+        assert not outbox.is_local(no_answer.value), repr(no_answer.value)
+    with pytest.raises(Exception) as unresolved:
+        requests.get("http://no-such-host.invalid/", timeout=5)
+    assert not outbox.is_local(unresolved.value)
+
+
 @pytest.mark.slow  # trains for real until the run is deleted
 def test_run_deleted_mid_training_stops_within_seconds_and_keeps_the_checkpoint(
     image_folder, tracking, tmp_path, monkeypatch

@@ -293,6 +293,7 @@ def test_a_sweep_nests_its_runs_retries_the_failed_one_and_then_runs_nothing(
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     by_name = {c.info.run_name: c for c in children}
     assert by_name["resnet18-relu-sgd-s0"].info.status == "FINISHED"
+    assert by_name["resnet18-relu-sgd-s0"].data.params["runs_per_device"] == "2"  # both at once
     failed = by_name["resnet18-gelu-sgd-s0"]
     assert (
         failed.info.status == "FAILED" and "no class folders" in failed.data.tags["failure_reason"]
@@ -313,6 +314,7 @@ def test_a_sweep_nests_its_runs_retries_the_failed_one_and_then_runs_nothing(
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     retried = MlflowClient().get_run(failed.info.run_id)  # the same run, now finished
     assert retried.info.status == "FINISHED" and "failure_reason" not in retried.data.tags
+    assert retried.data.params["runs_per_device"] == "1"  # the one configuration left: alone
     assert retried.data.params["activation"] == "gelu" and "final_test_acc" in retried.data.metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"report.md", "table.csv"} <= artifacts

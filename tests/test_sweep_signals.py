@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cifar_mlflow.sweep.executors import Children, Launch, settle
+from cifar_mlflow.sweep.executors import Children, Launch, launch, settle
 
 from .processes import TrainingProcess
 from .test_sweep import sweep_runs
@@ -53,11 +53,12 @@ def alive(pid: int) -> bool:
 def test_one_sigint_to_the_sweep_kills_each_running_child_once_and_exits_promptly(
     tracking, mlflow_server, image_folder, tmp_path
 ):
+    pids = tmp_path / "grandchildren.txt"
     sweep = TrainingProcess(
         ["sweep", "--experiment", tracking, "--sweep-id", "sig", "--data-dir", str(image_folder),
          "--activation", "relu", "--activation", "gelu", *CHILD, "--runs-per-gpu", "2",
          "--output-dir", str(tmp_path / "report")],
-        env={"MLFLOW_TRACKING_URI": mlflow_server.uri},
+        env={"MLFLOW_TRACKING_URI": mlflow_server.uri, **starting_grandchildren(tmp_path, pids)},
     )  # fmt: skip
     names = ("resnet18-relu-sgd-s0", "resnet18-gelu-sgd-s0")
     for name in names:  # the board's rows, drawn from each child's epoch events
@@ -71,6 +72,9 @@ def test_one_sigint_to_the_sweep_kills_each_running_child_once_and_exits_promptl
     assert sweep.wait(120) == 128 + signal.SIGINT, sweep.stderr
     assert time.monotonic() - sent < PROMPT_SECONDS, sweep.stderr
     assert not [c for c in children if alive(c)]
+    # What each training started, deaf to SIGINT and SIGTERM, went with its group.
+    grandchildren = [int(p) for p in pids.read_text().split()]
+    assert len(grandchildren) == 2 and not [g for g in grandchildren if alive(g)]
 
     parent, runs = sweep_runs(tracking, "sig")
     assert sweep.lines[-1] == f"error: stopped by SIGINT: run {parent.info.run_id} is marked KILLED"
@@ -88,6 +92,64 @@ def test_one_sigint_to_the_sweep_kills_each_running_child_once_and_exits_promptl
 
 
 IGNORES_SIGINT = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
+# A grandchild deaf to SIGINT and SIGTERM (ignored signals stay ignored across exec), holding
+# its parent's stdout, as a compile or data worker would.
+DEAF_SLEEPER = ["sh", "-c", 'trap "" INT TERM; exec sleep 300']
+# Imported by every Python process started with its folder on PYTHONPATH: a training a sweep
+# started (it has MLFLOW_RUN_ID) starts a real grandchild and notes its pid.
+STARTS_A_GRANDCHILD = f"""
+import os, subprocess
+if os.environ.get("MLFLOW_RUN_ID") and os.environ.get("GRANDCHILD_PIDS"):
+    worker = subprocess.Popen({DEAF_SLEEPER!r})
+    with open(os.environ["GRANDCHILD_PIDS"], "a") as pids:
+        pids.write(f"{{worker.pid}}\\n")
+"""
+
+
+def starting_grandchildren(folder: Path, pids: Path) -> dict[str, str]:
+    """The environment under which each training a sweep starts starts a grandchild too."""
+    hook = folder / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STARTS_A_GRANDCHILD)
+    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")]),
+                            str(Path(__file__).resolve().parents[1])])  # fmt: skip
+    return {"PYTHONPATH": path, "GRANDCHILD_PIDS": str(pids)}
+
+
+def test_a_stopped_childs_grandchild_goes_with_its_group():
+    children = Children()
+    starts = f"import subprocess, time; subprocess.Popen({DEAF_SLEEPER!r}); time.sleep(60)"
+    process = children.start(0, [sys.executable, "-c", starts])
+    deadline = time.monotonic() + 30
+    while not (grandchildren := child_pids(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [grandchild] = grandchildren
+    children.stop(signal.SIGINT, grace=5.0)
+    assert process.wait(5) != 0
+    deadline = time.monotonic() + 5
+    while alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(grandchild)  # deaf to SIGINT: the group's SIGKILL ended it
+
+
+@linux_only
+def test_a_training_that_leaves_a_grandchild_behind_does_not_hold_the_sweep(
+    tracking, mlflow_server, tmp_path
+):
+    """A real `train` child exits (here on a usage error) while the grandchild it started still
+    holds its output pipe: the sweep is not held up reading it, and the grandchild is gone."""
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment(tracking)).info.run_id
+    pids = tmp_path / "grandchildren.txt"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_RUN_ID": run_id,
+           **starting_grandchildren(tmp_path, pids)}  # fmt: skip
+    spec = Launch(0, "left", run_id, ("--epochs", "0"), env, os.getcwd())
+    started = time.monotonic()
+    outcome = launch(spec, lambda event: None)
+    assert time.monotonic() - started < 60
+    assert outcome.status == "FAILED" and "--epochs" in outcome.reason
+    [grandchild] = [int(p) for p in pids.read_text().split()]
+    assert not alive(grandchild)
 
 
 def test_a_child_that_ignores_the_signal_is_killed_after_the_grace_period():

@@ -31,10 +31,12 @@ def train(*args: str):
 @pytest.mark.parametrize("layout", ["image_folder", "torchvision_dir"])
 def test_train_records_everything(layout, request, tracking):
     data_dir = request.getfixturevalue(layout)
-    # A name given on the command line wins over the configuration's (one layout is enough).
+    # A name given on the command line wins over the configuration's (one layout is enough);
+    # the other trains the newest choices (adding one is an entry in each registry).
     named = ("--run-name", "my first run") if layout == "image_folder" else ()
+    newest = ("--optimizer", "adamw", "--activation", "silu", "--weight-decay", "0.05")
     result = train(*tiny_train_args(data_dir, tracking, "--model", "ghost_resnet18",
-                                    "--val-size", "20", *named))  # fmt: skip
+                                    "--val-size", "20", *(named or newest)))  # fmt: skip
     assert result.exit_code == 0, result.output
 
     # Not a terminal: one summary line per epoch, no progress bar.
@@ -44,7 +46,7 @@ def test_train_records_everything(layout, request, tracking):
     run = only_run(tracking)
     client = MlflowClient()
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == ("my first run" if named else "ghost_resnet18-relu-sgd-s0")
+    assert run.info.run_name == ("my first run" if named else "ghost_resnet18-silu-adamw-s0")
     assert f"run {run.info.run_id} finished: {run.info.run_name} in " in result.output
     params = run.data.params
     assert params["model"] == "ghost_resnet18" and params["lr"] == "0.01"
@@ -54,7 +56,12 @@ def test_train_records_everything(layout, request, tracking):
     assert params["data_source"].startswith(layout.split("_")[0].replace("image", "image-folder"))
     assert params["torch_version"] == torch.__version__ and params["device_used"] == "cpu"
     assert int(params["model_flops"]) > 0
-    assert run.data.tags["model"] == "ghost_resnet18" and run.data.tags["optimizer"] == "sgd"
+    assert run.data.tags["model"] == "ghost_resnet18"
+    assert run.data.tags["optimizer"] == ("sgd" if named else "adamw")
+    assert run.data.tags["activation"] == ("relu" if named else "silu")
+    # How it trained: alone on its device, fp32 on the CPU, uncompiled as asked (no fallback).
+    assert (params["runs_per_device"], params["precision_used"]) == ("1", "fp32")
+    assert params["compile_used"] == "False" and "compile_fallback" not in params
     for key in EPOCH_METRICS | {"val_loss", "val_acc"}:
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1, 2], key
@@ -63,6 +70,9 @@ def test_train_records_everything(layout, request, tracking):
     test_acc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_acc")}
     val_acc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
     metrics = run.data.metrics
+    seconds = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_seconds")]
+    assert metrics["epoch_seconds_mean"] == pytest.approx(sum(seconds) / 2)
+    assert metrics["epoch_seconds_mean_warm"] == pytest.approx(seconds[1])  # without the first
     best = min(e for e in val_acc if val_acc[e] == max(val_acc.values()))  # ties: the earlier
     assert (metrics["best_epoch"], metrics["best_val_acc"]) == (best, val_acc[best])
     assert metrics["test_acc_at_best"] == test_acc[best]  # reported, never used to choose

@@ -30,6 +30,7 @@ from cifar_mlflow.core.engine import EpochMetrics, StopTraining  # noqa: E402
 from cifar_mlflow.tracking.runs import FAILURE_TAG, TUNED_FROM_TAG  # noqa: E402
 from cifar_mlflow.tracking.tuning import CONFIG_JOB, PARENT_TAG, TRIAL_TAG  # noqa: E402
 from cifar_mlflow.tune.command import tune as tune_command  # noqa: E402
+from cifar_mlflow.tune.ranges import first_prunable_epoch  # noqa: E402
 from cifar_mlflow.tune.search import EpochWatch, Search, Space, open_storage  # noqa: E402
 
 from .conftest import PROJECT_ROOT, free_port, tracking_on  # noqa: E402
@@ -58,23 +59,35 @@ def metrics(epoch: int, val_acc: float) -> EpochMetrics:
 # ---- the study, with Optuna itself ----
 
 
-def search(path: Path, tune_id: str = "t", prune_after: int = 1) -> Search:
+def search(path: Path, tune_id: str = "t", prune_after: int = 1, epochs: int = 2) -> Search:
     return Search(open_storage(path, tune_id), tune_id, "config", Space((1e-4, 1.0)),
-                  {"epochs": 2}, 0, prune_after)  # fmt: skip
+                  {"epochs": epochs}, 0, prune_after, epochs)  # fmt: skip
 
 
-def test_a_trial_below_the_median_is_pruned_before_its_last_epoch(tmp_path):
-    study = search(tmp_path / "study.db")
+@pytest.mark.parametrize(("epochs", "first_prunable"), [(3, 2), (12, 3), (40, 10)])
+def test_a_trial_below_the_median_is_pruned_only_after_the_warm_up(tmp_path, epochs,
+                                                                    first_prunable):  # fmt: skip
+    assert first_prunable_epoch(epochs) == first_prunable  # a quarter of the budget, at least 2
+    study = search(tmp_path / "study.db", epochs=epochs)
     first, _ = study.ask()
-    EpochWatch(first, 2)(metrics(1, 0.5))
+    watch = EpochWatch(first, epochs)
+    for epoch in range(1, epochs + 1):
+        watch(metrics(epoch, 0.5))
     study.end(first, "complete", 0.5)
     second, _ = study.ask()
-    watch = EpochWatch(second, 2)
-    with pytest.raises(StopTraining, match="pruned at epoch 1"):
-        watch(metrics(1, 0.1))
-    assert watch.pruned_at == 1
+    watch = EpochWatch(second, epochs)
+    for epoch in range(1, first_prunable):  # a slow starter, far below the median: not yet
+        watch(metrics(epoch, 0.1))
+    with pytest.raises(StopTraining, match=f"pruned at epoch {first_prunable}"):
+        watch(metrics(first_prunable, 0.1))
+    assert watch.pruned_at == first_prunable
     study.end(second, "pruned")
     assert study.counted() == 2
+
+
+def test_tune_help_states_the_warm_up():
+    text = " ".join(invoke("tune", "--help").output.split())
+    assert "no trial is pruned before epoch max(2, ceil(epochs/4))" in text
 
 
 def test_a_trial_left_running_is_failed_on_resume_and_not_counted(tmp_path):
@@ -95,7 +108,7 @@ def test_a_study_file_of_another_tune_or_other_settings_is_refused(tmp_path):
         open_storage(path, "second")
     with pytest.raises(Exception, match="started with other settings"):
         Search(open_storage(path, "first"), "first", "config", Space((1e-3, 1.0)), {"epochs": 2},
-               0, 1)  # fmt: skip
+               0, 1, 2)  # fmt: skip
 
 
 # ---- the command line ----

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from .errors import UserError
 
 MODEL_NAMES = ("resnet18", "ghost_resnet18")
-ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "sigmoid")
-OPTIMIZERS = ("sgd", "momentum", "adam")
+ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "sigmoid", "silu")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Each field that names a choice, and its choices: checked whenever a TrainConfig is made, since
+# a resumed run's params, a grid file or a tune's drawn settings never pass through click.
+CHOICES = {"model": MODEL_NAMES, "activation": ACTIVATION_NAMES, "optimizer": OPTIMIZERS,
+           "schedule": SCHEDULES, "device": DEVICES, "precision": PRECISIONS}  # fmt: skip
 
 DEFAULT_EXPERIMENT = "cifar10-ablation"
 # CIFAR-10's classes, in its label order: a model trained here names its outputs so (core.data
@@ -51,12 +55,20 @@ class TrainConfig:
     val_size: float = 0.1
     schedule: str = "constant"
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # auto: bf16 autocast on a GPU that has bf16, else fp16 autocast with a gradient scaler;
+    # fp32 on a CPU (core.engine.resolve_precision)
+    precision: str = "auto"
     compile: bool = False
     experiment: str = DEFAULT_EXPERIMENT
     system_metrics: bool = True
 
     def __post_init__(self) -> None:
+        for field, names in CHOICES.items():
+            if getattr(self, field) not in names:
+                raise UserError(
+                    f"unknown {field} {getattr(self, field)!r}: choose one of {', '.join(names)} "
+                    f"(--{field})"
+                )
         if self.train_limit:  # without a limit, core.data checks the split once it has the data
             held_out_images(self.val_size, self.train_limit)
 

@@ -109,9 +109,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
+    """The precision a run trains in: `auto` is bf16 autocast on a GPU that has bf16 (Ampere and
+    later), fp16 autocast with a gradient scaler on one that has not, fp32 on a CPU. bf16 asked
+    for where the GPU lacks it is a UserError."""
+    bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
     if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "fp32" if device.type != "cuda" else "bf16" if bf16 else "fp16"
+    if name == "bf16" and not bf16:
+        raise UserError(
+            f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16: use --precision "
+            "fp16 (autocast with a gradient scaler), fp32 or auto"
+        )
     return name
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -120,13 +132,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
+OptimizerFactory = Callable[[TrainConfig, Iterable[nn.Parameter]], torch.optim.Optimizer]
+# Keyed by core.config.OPTIMIZERS' names (tests/test_engine.py checks): a new optimizer is an
+# entry here, its name there, and its learning-rate range in tune/ranges.py.
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": lambda c, params: torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay),
+    "momentum": lambda c, params: torch.optim.SGD(
+        params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+    ),
+    # Adam's weight decay is L2 added to the gradient; AdamW's is decoupled (Loshchilov & Hutter).
+    "adam": lambda c, params: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda c, params: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+
 def build_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    momentum = config.momentum if config.optimizer == "momentum" else 0.0
-    return torch.optim.SGD(
-        params, lr=config.lr, momentum=momentum, weight_decay=config.weight_decay
-    )
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}: one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[config.optimizer](config, params)
 
 
 def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer):
@@ -213,14 +236,25 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss()
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed)
+        # Every training batch has one shape (the last partial one is dropped, as airbench does):
+        # a compiled step compiles once and cuDNN autotunes once. Evaluation sees every image.
         self.train_batches = DeviceBatches(
-            data.train, config.batch_size, device, augment=True, generator=generator
-        )
+            data.train, config.batch_size, device, augment=True, generator=generator,
+            drop_last=True,
+        )  # fmt: skip
         self.test_batches = DeviceBatches(data.test, EVAL_BATCH_SIZE, device)
         self.val_batches = data.val and DeviceBatches(data.val, EVAL_BATCH_SIZE, device)
+        # fp16's narrow range underflows small gradients: the scaler scales the loss up and skips
+        # a step whose gradients overflowed. Disabled, it passes everything through.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.compile_fallback: str | None = None  # why --compile trains uncompiled
         self.step_model = self._compiled() if config.compile else self.model
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # every batch but the last has one shape
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def compile_used(self) -> bool:
+        return self.step_model is not self.model
 
     def _compiled(self) -> nn.Module:
         reason = compile_unavailable(self.device)
@@ -229,13 +263,16 @@ class Trainer:
                 return torch.compile(self.model)
             except Exception as e:  # e.g. a Python version TorchDynamo does not support yet
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        warnings.warn(f"--compile: torch.compile unavailable ({reason}); training uncompiled")
+        self.compile_fallback = f"torch.compile unavailable ({reason})"
+        warnings.warn(f"--compile: {self.compile_fallback}; training uncompiled")
         return self.model
 
     def autocast(self):
-        """The precision context of a forward pass (bf16 autocast, or a no-op for fp32)."""
+        """The precision context of a forward pass (bf16 or fp16 autocast, a no-op for fp32)."""
         return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+            self.device.type,
+            dtype=AUTOCAST_DTYPES.get(self.precision, torch.float32),
+            enabled=self.precision in AUTOCAST_DTYPES,
         )
 
     def fit(
@@ -294,8 +331,9 @@ class Trainer:
                 logits = self.step_model(images)
                 loss = self.loss_fn(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)

@@ -24,6 +24,7 @@ ACTIVATIONS: dict[str, ActivationFactory] = {
     "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
     "gelu": nn.GELU,
     "sigmoid": nn.Sigmoid,
+    "silu": lambda: nn.SiLU(inplace=True),
 }
 
 
@@ -142,7 +143,17 @@ MODELS: dict[str, Callable[..., ResNet]] = {
 
 
 def build_model(name: str, activation: str, num_classes: int = 10) -> ResNet:
-    return MODELS[name](activation, num_classes)
+    return MODELS[registered(MODELS, name, "model")](
+        registered(ACTIVATIONS, activation, "activation"), num_classes
+    )
+
+
+def registered(registry: dict, name: str, what: str) -> str:
+    """`name` if `registry` holds it; else a ValueError naming the choices (a TrainConfig checks
+    its names first, with the user's words: this guards the code that skips it)."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}: one of {', '.join(registry)}")
+    return name
 
 
 def count_parameters(model: nn.Module) -> int:

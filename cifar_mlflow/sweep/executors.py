@@ -6,13 +6,16 @@ Every configuration is a child process logging into a run the sweep created for 
 progress comes as structured events on a pipe (train/events.py); when it is gone the run on the
 tracking server says how it ended, and a run it left unfinished (killed hard) is ended there
 (tracking.sweeps). Each child runs in a session of its own, so a terminal's Ctrl-C reaches the
-sweep alone, which forwards exactly one signal to each child (`Children`).
+sweep alone, which forwards exactly one signal to each child's process group (`Children`). What a
+child starts (compile workers, data workers) is in its group, and the group is killed once the
+child is gone, so nothing it started outlives it or holds its pipes open.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import re
 import signal
@@ -29,7 +32,7 @@ from typing import Protocol
 
 from ..tracking.runs import FAILED, KILLED
 from ..tracking.sweeps import settle_child
-from ..train.events import EVENTS_FD, Event, read_events
+from ..train.events import EVENTS_FD, RUNS_PER_DEVICE, Event, read_events
 
 ERROR_LINE = re.compile(r"^error: (.+)")
 OUTPUT_LINES_KEPT = 200  # of a failed process, logged to its run (tracking.sweeps)
@@ -38,6 +41,9 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # train stops after the step in progress, then ends its run (measured on a loaded 2-core
 # machine: 14-19 s, tests/test_signals.py), and the sweep must be gone within 30 s.
 STOP_GRACE_SECONDS = 20.0
+# Once a child is gone and its group killed, its pipes close within moments: how long the
+# threads that read them are waited for.
+JOIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,9 @@ class Observer(Protocol):
 class Children:
     """A sweep's running training processes. Each starts in a session (process group) of its
     own, so a terminal's Ctrl-C, which goes to the foreground group, reaches only the sweep; the
-    sweep then `stop`s them: one signal each (train ends its run KILLED after its current step),
-    SIGKILL for any still alive after the grace period, and none started after that."""
+    sweep then `stop`s them: one signal to each group (train ends its run KILLED after its
+    current step), SIGKILL to every group once its child is gone or the grace period is over, and
+    none started after that."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -105,7 +112,7 @@ class Children:
             self.stopped_by = signum
             running = list(self.live.values())
         for process in running:
-            process.send_signal(signum)  # once: a second one would mean "stop at once" to train
+            signal_group(process, signum)  # once: a second would mean "stop at once" to train
         deadline = time.monotonic() + grace
         try:
             for process in running:
@@ -113,8 +120,21 @@ class Children:
                     process.wait(max(0.0, deadline - time.monotonic()))
         finally:  # past the grace period, or a second signal: stop at once, as train does
             for process in running:
-                if process.poll() is None:
-                    process.kill()  # its run is ended KILLED by `settle`
+                signal_group(process, signal.SIGKILL)  # its run is ended KILLED by `settle`
+
+
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    """`signum` to every process of `process`'s group (it leads one: start_new_session), the
+    processes it started too, even once it is gone itself; nothing, where none is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+def _end_group_when_gone(process: subprocess.Popen) -> None:
+    """Once the child has exited, kill what it left behind in its group: an orphaned worker
+    would hold the child's pipes open (the readers would never see EOF) and its device."""
+    process.wait()
+    signal_group(process, signal.SIGKILL)
 
 
 def launch(
@@ -149,6 +169,8 @@ def launch(
     output: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
     collector = threading.Thread(target=_collect, args=(process.stdout, output), daemon=True)
     collector.start()
+    reaper = threading.Thread(target=_end_group_when_gone, args=(process,), daemon=True)
+    reaper.start()
     try:
         for event in read_events(events):
             on_event(event)
@@ -156,7 +178,8 @@ def launch(
         events.close()  # should on_event fail, the child's writes fail too rather than block
         code = process.wait()
         children.done(spec.index)
-        collector.join()
+        reaper.join(JOIN_SECONDS)
+        collector.join(JOIN_SECONDS)
     return settle(spec, code, list(output), time.monotonic() - start, children.stopped_by)
 
 
@@ -219,6 +242,11 @@ def local_slots(parallel: int | None, runs_per_gpu: int, gpus: Sequence[str]) ->
     return [gpus[i % len(gpus)] if gpus else None for i in range(count)]
 
 
+def sharing_device(spec: Launch, runs: int) -> Launch:
+    """`spec` told that `runs` trainings share its device (RUNS_PER_DEVICE: logged by the run)."""
+    return dataclasses.replace(spec, env={**spec.env, RUNS_PER_DEVICE: str(max(1, runs))})
+
+
 def run_local(
     launches: Sequence[Launch], observer: Observer, slots: Sequence[str | None]
 ) -> dict[int, Outcome]:
@@ -229,13 +257,16 @@ def run_local(
     for slot in slots:
         free.put(slot)
     children = Children()
+    # The slots on one device (every slot, without GPUs), as many as there are runs to fill them.
+    sharing = {slot: min(len(launches), slots.count(slot)) for slot in slots}
 
     def one(spec: Launch) -> Outcome:
         gpu = free.get()
         try:
             if children.stopped_by is None:
                 observer.started(spec.index)
-            outcome = launch(spec, lambda event: observer.progress(spec.index, event), gpu,
+            outcome = launch(sharing_device(spec, sharing[gpu]),
+                             lambda event: observer.progress(spec.index, event), gpu,
                              children)  # fmt: skip
             observer.finished(spec.index, outcome)
             return outcome

@@ -20,7 +20,7 @@ from typing import Protocol
 from ..core.errors import UserError
 from ..train.events import as_dict, from_dict
 from .cluster import record_node, runtime_env
-from .executors import Launch, Observer, Outcome, launch, settle
+from .executors import Launch, Observer, Outcome, launch, settle, sharing_device
 
 RAY_CONNECT_SECONDS = 5.0
 
@@ -32,7 +32,10 @@ def run_ray(
     """Each configuration a trial of Ray Tune's grid search with its own resources, in the Ray
     session `ray_session` opened. A failed trial is one FAILED run; the others go on."""
     _, tune = import_ray()
-    by_index = {spec.index: spec for spec in launches}
+    # Trials that share a GPU: as many as fit its fractions; on CPUs, as many as run at once
+    # where --parallel says so (else Ray decides, unknown here: 1).
+    sharing = min(len(launches), int(1 / gpus + 1e-9) if gpus else parallel or 1)
+    by_index = {spec.index: sharing_device(spec, sharing) for spec in launches}
     trials = SweepTrials(observer)
     fit_trials(
         tune.with_parameters(_trial, launches=by_index), {"cpu": cpus, "gpu": gpus},

@@ -18,12 +18,17 @@ Only what can succeed later is retried (no answer, 5xx, 429: connection.is_perma
 for good (a 4xx: the run deleted in the UI, no permission, a refused payload) stops sending at
 once; the newest checkpoint is moved to KEPT_CHECKPOINTS/<run_id>/ so nothing trained is lost,
 and the refusal is raised in the training at its next step (`guard`), epoch (`put`) or drain.
+An error of this process (`is_local`: a checkpoint that cannot be read, a disk error, a bug) is
+no outage either: it stops the training the same way at once, as `LocalFailure`, with its own
+words, rather than retried for minutes and reported as the server being gone.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import requests
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -62,6 +68,25 @@ class ServerGone(TrackingError):
     """Training ended but the tracking server did not come back to take its results."""
 
 
+class LocalFailure(TrackingError):
+    """Sending a run's results failed in this process, not on the way to the server or in it:
+    no retry can help, so the training stops (the original error is its __cause__)."""
+
+
+# What a failure on the way to the server, or in it, raises: MLflow's REST errors (no answer
+# comes as one too), requests' (which wraps urllib3's), http.client's, and the OS's network
+# errors (a refused or reset connection, a timeout, a name that does not resolve). Every other
+# error is this process's own.
+NETWORK_ERRORS = (MlflowException, requests.RequestException, http.client.HTTPException,
+                  ConnectionError, TimeoutError, socket.gaierror, socket.herror)  # fmt: skip
+
+
+def is_local(error: BaseException) -> bool:
+    """An error of this process that no retry can change: a file it cannot read or write (a
+    disk error), a bug; not one of the server or of the way to it (NETWORK_ERRORS)."""
+    return not isinstance(error, NETWORK_ERRORS)
+
+
 @dataclass(frozen=True)
 class _Checkpoint:
     epoch: int
@@ -85,6 +110,7 @@ class Outbox:
         self._refused_by: Exception | None = None  # the server's answer, when it refuses for good
         self._unmarkable: str | None = None  # why the run cannot be marked FAILED either
         self._refusal: RunRefused | None = None  # the error the training raises for it
+        self._failure: LocalFailure | None = None  # an error of this process, raised the same way
         self._sent_epoch = 0  # the epoch of the last checkpoint the server took
         self._thread = threading.Thread(target=self._send_forever, name="outbox", daemon=True)
         self._thread.start()
@@ -94,6 +120,8 @@ class Outbox:
         the run (the checkpoint is then kept as the newest)."""
         timestamp = int(time.time() * 1000)
         with self._lock:
+            if self._failure is not None:
+                raise self._failure
             if self._refusal is not None:
                 self._refusal = self._refused(_Checkpoint(epoch, checkpoint))
                 raise self._refusal
@@ -110,6 +138,8 @@ class Outbox:
         for step in steps:
             if self._refusal is not None:
                 raise self._refusal
+            if self._failure is not None:
+                raise self._failure
             yield step
 
     def close(self, timeout: float) -> bool:
@@ -118,8 +148,8 @@ class Outbox:
         with self._lock:
             self._closing = True
             self._lock.notify_all()
-            self._lock.wait_for(lambda: self._all_sent() or self._refusal is not None, timeout)
-            sent = self._all_sent() and self._refusal is None
+            self._lock.wait_for(lambda: self._all_sent() or self._stopped(), timeout)
+            sent = self._all_sent() and not self._stopped()
             self._abandoned = not sent
             self._lock.notify_all()
         return sent
@@ -130,6 +160,8 @@ class Outbox:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             if not self.close(DRAIN_AFTER_TRAINING_SECONDS):
+                if self._failure is not None:
+                    raise self._failure
                 if self._refusal is not None:
                     raise self._refusal
                 raise ServerGone(
@@ -138,8 +170,12 @@ class Outbox:
                     f"{self.run_id} are not recorded; once it is back, run "
                     f"`cifar-mlflow train --resume {self.run_id}`"
                 )
-        elif not self.close(DRAIN_AFTER_FAILURE_SECONDS) and self._refusal is None:
+        elif not self.close(DRAIN_AFTER_FAILURE_SECONDS) and not self._stopped():
             _log.warning("epochs %s were not sent to the tracking server", self._unsent_epochs())
+
+    def _stopped(self) -> bool:
+        """Sending stopped for good: the server refused the run, or this process failed."""
+        return self._refusal is not None or self._failure is not None
 
     def _all_sent(self) -> bool:
         return self._checkpoint is None and not self._metrics
@@ -162,6 +198,9 @@ class Outbox:
             except Exception as e:  # the server is down, restarting, overloaded... or refuses
                 if is_permanent(e):
                     self._refuse(e)
+                    return
+                if is_local(e):
+                    self._fail(e)
                     return
                 delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
                 if failures == 0:
@@ -190,6 +229,22 @@ class Outbox:
             newest = self._checkpoint or self._sending
             self._checkpoint = self._sending = None
             self._refusal = self._refused(newest)
+            self._lock.notify_all()
+
+    def _fail(self, error: Exception) -> None:
+        """Stop for good on an error of this process: keep the newest checkpoint if it can be,
+        and make the error, in its own words, the training's."""
+        with self._lock:
+            newest = self._checkpoint or self._sending
+            self._checkpoint = self._sending = None
+            said = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            failure = LocalFailure(
+                f"recording run {self.run_id}'s results failed in this process, not on the "
+                f"tracking server: {type(error).__name__}{': ' + said if said else ''}; no retry "
+                f"can change that, so training stopped; {self._keep(newest)}"
+            )
+            failure.__cause__ = error
+            self._failure = failure
             self._lock.notify_all()
 
     def _refused(self, newest: _Checkpoint | None) -> RunRefused:

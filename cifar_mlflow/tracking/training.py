@@ -47,15 +47,27 @@ def log_facts(facts: dict[str, object]) -> None:
     mlflow.log_metrics({k: float(facts[k]) for k in ("model_params", "model_flops") if k in facts})
 
 
-def log_summary_metrics(history: list[EpochMetrics], stopped_early: str | None = None) -> None:
+def epoch_times(history: list[EpochMetrics], resumed_after: int = 0) -> dict[str, float]:
+    """The mean epoch time, and the same without the first epoch this process trained (it pays
+    for compiling and cuDNN's autotuning): `epoch_seconds_mean`, `epoch_seconds_mean_warm`."""
+    trained = [m.epoch_seconds for m in history[resumed_after:]]
+    times = {"epoch_seconds_mean": sum(trained) / len(trained)} if trained else {}
+    if len(trained) > 1:
+        times["epoch_seconds_mean_warm"] = sum(trained[1:]) / len(trained[1:])
+    return times
+
+
+def log_summary_metrics(history: list[EpochMetrics], stopped_early: str | None = None,
+                        resumed_after: int = 0) -> None:  # fmt: skip
     """What the run is judged by, at the step of its last epoch: the epoch chosen on validation
     (`best_epoch`, `best_val_acc`), the test accuracy of that epoch (`test_acc_at_best`: reported,
     never used to choose), and the last epoch's (`final_test_acc`). No maximum of test accuracy
-    over epochs: that would be a number chosen on the test set."""
+    over epochs: that would be a number chosen on the test set. And how long its epochs took
+    (`epoch_times`, over the epochs after `resumed_after`)."""
     if stopped_early:
         mlflow.set_tag("stopped_early", stopped_early)
     final = history[-1]
-    summary = {"final_test_acc": final.test_acc}
+    summary = {"final_test_acc": final.test_acc, **epoch_times(history, resumed_after)}
     best = best_epoch((m.epoch, m.val_acc) for m in history)
     if best is not None:
         at_best = next(m for m in history if m.epoch == best.epoch)

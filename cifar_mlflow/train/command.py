@@ -33,7 +33,9 @@ def _option(name: str, **kwargs) -> click.Option:
 CONFIG_OPTIONS = [
     _option("model", type=choice(cfg.MODEL_NAMES)),
     _option("activation", type=choice(cfg.ACTIVATION_NAMES)),
-    _option("optimizer", type=choice(cfg.OPTIMIZERS), help="sgd; momentum: SGD with --momentum; adam"),
+    _option("optimizer", type=choice(cfg.OPTIMIZERS),
+            help="sgd; momentum: SGD with --momentum; adam (--weight-decay as L2 in the "
+                 "gradient); adamw: Adam with decoupled --weight-decay"),
     _option("lr", type=LEARNING_RATE,
             help="learning rate, finite and within float32 (what torch steps with); one that "
                  "diverges ends the run FAILED"),
@@ -41,8 +43,9 @@ CONFIG_OPTIONS = [
     _option("weight_decay", type=FRACTION, help="L2 weight decay"),
     _option("epochs", type=POSITIVE_INT),
     _option("batch_size", type=POSITIVE_INT,
-            help="images per step; more than the training images: all of them (logged as "
-                 "batch_size_used)"),
+            help="images per step; an epoch drops its last partial batch, so every step has "
+                 "one shape (another part of the shuffle each epoch); more than the training "
+                 "images: all of them (logged as batch_size_used)"),
     _option("seed", type=SEED),
     _option("data_dir", help="torchvision's CIFAR-10 files (downloaded when absent) or "
                              "train/<class>/ + test/<class>/ images"),
@@ -56,9 +59,13 @@ CONFIG_OPTIONS = [
                  "at least one image per class must be left to train on"),
     _option("schedule", type=choice(cfg.SCHEDULES)),
     _option("device", type=choice(cfg.DEVICES)),
-    _option("precision", type=choice(cfg.PRECISIONS), help="auto: bf16 autocast on CUDA, fp32 on CPU"),
+    _option("precision", type=choice(cfg.PRECISIONS),
+            help="auto: bf16 autocast on a GPU that has bf16, else fp16 autocast with a gradient "
+                 "scaler; fp32 on a CPU (logged as precision_used); bf16 where the GPU lacks it "
+                 "is refused"),
     _option("compile", type=click.BOOL, is_flag=False, flag_value="true",
-            help="train through torch.compile (`--compile` alone means true)"),
+            help="train through torch.compile (`--compile` alone means true); where it cannot "
+                 "work, trains uncompiled and says why (logged as compile_used, compile_fallback)"),
     _option("experiment", type=EXPERIMENT_NAME,
             help="MLflow experiment, not blank, at most 500 characters (ignored under `mlflow "
                  "run`, which chooses it)"),

@@ -18,6 +18,17 @@ from dataclasses import asdict, dataclass, fields
 from typing import IO
 
 EVENTS_FD = "CIFAR_MLFLOW_EVENTS_FD"
+# Set by a sweep for each training it starts: how many of its runs train at once on that
+# training's device (a run logs it as runs_per_device; its speed depends on it).
+RUNS_PER_DEVICE = "CIFAR_MLFLOW_RUNS_PER_DEVICE"
+
+
+def runs_per_device() -> int:
+    """How many runs share this training's device, as its sweep says; a run alone: 1."""
+    try:
+        return max(1, int(os.environ.get(RUNS_PER_DEVICE, "1")))
+    except ValueError:
+        return 1
 
 
 @dataclass(frozen=True)

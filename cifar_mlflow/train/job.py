@@ -29,6 +29,7 @@ from ..core.engine import (
     TrainResult,
     forward_flops,
     resolve_device,
+    resolve_precision,
 )
 from ..core.errors import UserError
 from ..core.models import Normalized
@@ -54,6 +55,7 @@ from ..tracking.runs import (
     tracked_run,
     ui_url,
 )
+from .events import runs_per_device
 from .summary import Summary, curves_figure
 
 CURVES_FIGURE = "curves.png"  # the run's artifact: its loss and accuracy per epoch
@@ -111,7 +113,7 @@ def run_training(
                 with Outbox(opened) as outbox:
                     recorder.start(trainer, done, best, outbox)
                     result = trainer.fit(recorder, steps, done)
-                training.log_summary_metrics(result.history, result.stopped_early)
+                training.log_summary_metrics(result.history, result.stopped_early, len(done))
                 run = get_run(opened)
                 summary = Summary(opened, run.info.run_name, config, facts, result.history,
                                   result.stopped_early)  # fmt: skip
@@ -146,6 +148,7 @@ def _prepare(
     config: TrainConfig, resume: str | None, workdir: Path, lease: WriterLease
 ) -> Start:
     device = resolve_device(config.device)
+    resolve_precision(config.precision, device)  # bf16 on a GPU without it: refused here
     connection.connect()
     run_id = _run_to_continue(resume)
     if run_id:
@@ -223,6 +226,9 @@ def _facts(trainer: Trainer, data: Cifar10) -> dict[str, object]:
     return {
         "device_used": str(trainer.device),
         "precision_used": trainer.precision,
+        "compile_used": trainer.compile_used,
+        **({"compile_fallback": trainer.compile_fallback} if trainer.compile_fallback else {}),
+        "runs_per_device": runs_per_device(),
         "data_source": data.source,
         "train_images": len(data.train),
         "batch_size_used": batch_size_used(trainer.config.batch_size, len(data.train)),

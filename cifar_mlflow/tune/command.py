@@ -15,9 +15,9 @@ from ..options import EXPERIMENT_NAME, FLOAT32_MAX, GROUP_ID, POSITIVE_INT, RESO
 from ..sweep.command import TRAIN_OPTIONS, requested_grid
 from ..sweep.command import sweep as sweep_command
 from ..sweep.grid import Grid
-from .ranges import DEFAULT_LR_RANGES, SEARCHED
+from .ranges import DEFAULT_LR_RANGES, SEARCHED, STUDY_OPTIMIZERS, WARMUP_HELP
 
-OPTIMIZER_STUDY = Grid(axes=({"optimizer": tuple(DEFAULT_LR_RANGES)},), source="optimizer study")
+OPTIMIZER_STUDY = Grid(axes=({"optimizer": STUDY_OPTIMIZERS},), source="optimizer study")
 ONE_CONFIGURATION = Grid(axes=({},), source="command line")  # the base config alone
 DEFAULT_TRIAL_EPOCHS = 10
 DEFAULT_STORAGE_ROOT = "outputs/tunes"
@@ -88,7 +88,7 @@ RANGES_HELP = ", ".join(f"{o} {lo:g}..{hi:g}" for o, (lo, hi) in DEFAULT_LR_RANG
                    "--weight-decay]")  # fmt: skip
 @click.option("--prune-after", type=click.IntRange(min=0), default=3, show_default=True,
               help="once N trials of a configuration completed, stop a trial at an epoch where its "
-                   "val acc is below their median there")  # fmt: skip
+                   f"val acc is below their median there; {WARMUP_HELP}")  # fmt: skip
 @click.option("--tune-id", type=GROUP_ID, default=None,
               help="resume this tune: trials it finished stay, none is added twice  [default: a "
                    "new id]")  # fmt: skip
@@ -97,7 +97,8 @@ RANGES_HELP = ", ".join(f"{o} {lo:g}..{hi:g}" for o, (lo, hi) in DEFAULT_LR_RANG
                    f"  [default: {DEFAULT_STORAGE_ROOT}/TUNE_ID.db]")  # fmt: skip
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: trials one after another in this process; ray: Ray Tune trials with "
-                   "Ray's OptunaSearch and ASHA (pip install -e \".[ray,tune]\")")  # fmt: skip
+                   "Ray's OptunaSearch and ASHA, its grace period the same warm-up (pip install "
+                   "-e \".[ray,tune]\")")  # fmt: skip
 @click.option(
     "--parallel",
     type=click.IntRange(min=1),

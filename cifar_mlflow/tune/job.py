@@ -164,7 +164,7 @@ def _configuration(config: TrainConfig, tune_id: str, storage, settings: TuneSet
                    earlier: tuning.EarlierTune) -> ConfigurationSearch:  # fmt: skip
     key = config_key(config)
     search = Search(storage, tune_id, key, settings.space(config), {"epochs": config.epochs},
-                    config.seed, settings.prune_after)  # fmt: skip
+                    config.seed, settings.prune_after, config.epochs)  # fmt: skip
     return ConfigurationSearch(config, key, search, earlier.configurations.get(key))
 
 

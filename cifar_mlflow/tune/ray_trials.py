@@ -23,6 +23,7 @@ from ..sweep.ray_executor import fit_trials, import_ray
 from ..tracking import tuning
 from ..train.job import run_training
 from .progress import TrialLines, settings_text
+from .ranges import first_prunable_epoch
 from .search import Search
 
 
@@ -49,8 +50,10 @@ def run_ray_trials(search: Search, base: TrainConfig, todo: int, tags: dict[str,
         sampler=search.sampler(), study_name=search.name, storage=search.storage,
     )  # fmt: skip
     # stop_last_trials=False: a trial at its last epoch finishes its own run (summary, models).
-    scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
-                              max_t=base.epochs, grace_period=1, stop_last_trials=False)  # fmt: skip
+    # The grace period is the tune's warm-up: no trial is stopped before it.
+    grace = min(first_prunable_epoch(base.epochs), base.epochs)
+    scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=base.epochs,
+                              grace_period=grace, stop_last_trials=False)  # fmt: skip
     trials = TuneTrials(name, base.epochs)
     fit_trials(
         tune.with_parameters(ray_trial, base=base, tags=tags, uri=uri),

@@ -29,6 +29,7 @@ from ..core.errors import UserError
 from ..core.files import writable_folder
 from ..core.redaction import redacted
 from ..core.selection import BestEpoch
+from .ranges import first_prunable_epoch
 
 OUTCOME = "outcome"  # a trial's user attr: complete, pruned, failed or interrupted
 COUNTED = ("complete", "pruned", "failed")
@@ -99,12 +100,17 @@ class Search:
     it ended."""
 
     def __init__(self, storage: optuna.storages.RDBStorage, tune_id: str, key: str,
-                 space: Space, settings: Mapping[str, object], seed: int, prune_after: int):  # fmt: skip
+                 space: Space, settings: Mapping[str, object], seed: int, prune_after: int,
+                 epochs: int):  # fmt: skip
         self.storage, self.space, self.seed = storage, space, seed
         self.name = f"{tune_id}/{key}"
+        # Steps are epochs from 1, and the pruner says no while step < n_warmup_steps.
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=prune_after, n_warmup_steps=first_prunable_epoch(epochs)
+        )
         self.study = optuna.create_study(
             storage=storage, study_name=self.name, direction="maximize", load_if_exists=True,
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after),
+            pruner=pruner,
         )  # fmt: skip
         recorded = {"tune_id": tune_id, "settings": json.dumps({**settings, **asdict(space)})}
         held = self.study.user_attrs
