@@ -18,6 +18,9 @@ from .errors import UserError
 
 MODEL_NAMES = ("resnet18", "ghost_resnet18")
 ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "sigmoid")
+# torch-default: each layer's own initialisation, as the study had it; kaiming: torchvision's
+# ResNet (Kaiming-normal, fan-out, ReLU gain on every conv).
+INIT_NAMES = ("torch-default", "kaiming")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,6 +39,7 @@ CLASSES = (
 class TrainConfig:
     model: str = "resnet18"
     activation: str = "relu"
+    init: str = "torch-default"
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9  # used only by the "momentum" optimizer
@@ -57,6 +61,8 @@ class TrainConfig:
     system_metrics: bool = True
 
     def __post_init__(self) -> None:
+        if self.init not in INIT_NAMES:
+            raise UserError(f"--init {self.init!r} is not one of {', '.join(INIT_NAMES)}")
         if self.train_limit:  # without a limit, core.data checks the split once it has the data
             held_out_images(self.val_size, self.train_limit)
 
@@ -69,6 +75,9 @@ class TrainConfig:
 
 
 DEFAULTS = TrainConfig()
+# The settings a run that does not record them trained with: a run logged before `init` was a
+# setting was initialised as `kaiming`. Reading a run's config back fills these in.
+UNRECORDED = {"init": "kaiming"}
 
 
 def held_out_images(val_size: float, train_images: int) -> int:

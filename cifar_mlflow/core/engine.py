@@ -202,7 +202,9 @@ class Trainer:
         self.device = device
         self.precision = resolve_precision(config.precision, device)
         seed_everything(config.seed)
-        self.model = model or build_model(config.model, config.activation, len(data.classes))
+        self.model = model or build_model(
+            config.model, config.activation, len(data.classes), config.init
+        )
         # channels_last suits cuDNN's bf16 kernels, and oneDNN's on a CPU too (measured: 1 thread,
         # batch 32, CPU seconds per step against the default format: ResNet-18 2.43 vs 2.54,
         # Ghost-ResNet-18 1.27 vs 1.66).

@@ -3,7 +3,8 @@
 Follows torchvision's resnet.py, reshaped for 32x32 inputs (3x3 stem, no max-pool). What varies
 between the study's models is injected: the activation as a module factory, and the 3x3 conv
 inside each BasicBlock as a conv factory. The Ghost model is the ResNet built with
-`GhostModule` as that factory. Models return logits.
+`GhostModule` as that factory. The initial weights are drawn by an initialisation chosen by name
+(`INITS`) once the network is built. Models return logits.
 """
 
 from __future__ import annotations
@@ -116,9 +117,6 @@ class ResNet(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.layers(self.stem(x)))
@@ -141,8 +139,34 @@ MODELS: dict[str, Callable[..., ResNet]] = {
 }
 
 
-def build_model(name: str, activation: str, num_classes: int = 10) -> ResNet:
-    return MODELS[name](activation, num_classes)
+def torch_default(model: nn.Module) -> None:
+    """Each layer as torch makes it (its own reset_parameters): the study's initialisation."""
+
+
+def kaiming(model: nn.Module) -> None:
+    """torchvision's ResNet initialisation of its convs: Kaiming-normal, fan-out, ReLU gain."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+# An initialisation redraws a built model's weights in place, from torch's seeded generator.
+INITS: dict[str, Callable[[nn.Module], None]] = {
+    "torch-default": torch_default,
+    "kaiming": kaiming,
+}
+
+
+def build_model(name: str, activation: str, num_classes: int = 10,
+                init: str = "torch-default") -> ResNet:  # fmt: skip
+    """The network `name` with `activation`, its weights drawn as the initialisation `init`
+    says; an unknown name of either raises ValueError."""
+    for registry, key, what in ((MODELS, name, "model"), (INITS, init, "init")):
+        if key not in registry:
+            raise ValueError(f"unknown {what} {key!r}: one of {', '.join(registry)}")
+    model = MODELS[name](activation, num_classes)
+    INITS[init](model)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
