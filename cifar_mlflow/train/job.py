@@ -98,9 +98,11 @@ def run_training(
                                   result.stopped_early)  # fmt: skip
                 records.set_description(opened, summary.markdown())
                 records.log_figure(opened, curves_figure(summary), CURVES_FIGURE)
-                _log_predictions(trainer, recorder, start.data)
+                digests = {"test": split_digest(start.data.test),
+                           "val": start.data.val and split_digest(start.data.val)}  # fmt: skip
+                _log_predictions(trainer, recorder, start.data, digests)
                 if log_models:
-                    _log_checkpoints(result, recorder.best, start.data)
+                    _log_checkpoints(result, recorder.best, start.data, digests)
         except Interrupted as e:
             if opened:
                 e.add_note(_resume_hint(opened, recorder.saved))
@@ -179,7 +181,8 @@ class EpochRecorder:
         self.on_epoch(metrics)
 
 
-def _log_predictions(trainer: Trainer, recorder: EpochRecorder, data: Cifar10) -> None:
+def _log_predictions(trainer: Trainer, recorder: EpochRecorder, data: Cifar10,
+                     digests: dict[str, str | None]) -> None:  # fmt: skip
     """The predicted class of every test and validation image by `final` (the last epoch's
     weights) and, with validation, `best` (the best epoch's): the ones its evaluation counted
     when this process trained that epoch, else (an epoch trained before a resume) those of the
@@ -187,7 +190,6 @@ def _log_predictions(trainer: Trainer, recorder: EpochRecorder, data: Cifar10) -
     checkpoints = {"final": (recorder.history[-1].epoch, None)}
     if recorder.best.weights is not None:
         checkpoints["best"] = (recorder.best.epoch, recorder.best.weights)
-    digests = {"test": split_digest(data.test), "val": data.val and split_digest(data.val)}
     for name, (epoch, weights) in checkpoints.items():
         kept = [p for e, p in (recorder.latest, recorder.at_best) if e == epoch]
         predicted = kept[0] if kept else trainer.predictions_of(weights)
@@ -199,7 +201,8 @@ def _log_predictions(trainer: Trainer, recorder: EpochRecorder, data: Cifar10) -
         log_predictions(name, Predictions(**arrays))
 
 
-def _log_checkpoints(result: TrainResult, best: BestWeights, data: Cifar10) -> None:
+def _log_checkpoints(result: TrainResult, best: BestWeights, data: Cifar10,
+                     digests: dict[str, str | None]) -> None:  # fmt: skip
     """The run's LoggedModels: `final` (the last epoch) and, with validation, `best` (the epoch
     with the highest val_acc), in that order, so the run's model_uri tag ends on `best`. Each is
     our model behind the input normalisation, on the CPU."""
@@ -210,7 +213,8 @@ def _log_checkpoints(result: TrainResult, best: BestWeights, data: Cifar10) -> N
         at_best.load_state_dict(best.weights)
         checkpoints["best"] = (at_best, best.epoch)
     for name, (model, epoch) in checkpoints.items():
-        log_checkpoint(name, Normalized(model.cpu(), MEAN, STD), epoch, data.classes, example)
+        log_checkpoint(name, Normalized(model.cpu(), MEAN, STD), epoch, data.classes, example,
+                       digests)  # fmt: skip
 
 
 def _facts(trainer: Trainer, data: Cifar10) -> dict[str, object]:
