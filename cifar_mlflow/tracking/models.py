@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from mlflow.entities import LoggedModel, LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelInfo, infer_signature
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from ..core.errors import UserError
