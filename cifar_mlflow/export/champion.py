@@ -88,7 +88,10 @@ class Candidate:
 def checkpoint_metric(checkpoint: LoggedModel, key: str) -> float:
     """The checkpoint's `key` as training measured it: on the dataset of its split (val_acc on
     the validation images), or, from a run whose metrics name no dataset, the unnamed one; a
-    value linked to another dataset never stands in for it."""
+    value linked to another dataset never stands in for it. Chosen here rather than by
+    search_logged_models(datasets=...): each run has a validation split of its own (digest),
+    and through a server MLflow 3.17 matches a dataset by name only when given its digest too
+    (measured: name alone finds no model)."""
     split = metric_split(key)
     wanted = {dataset_name(split), None} if split else {None}
     values = {m.dataset_name: m.value for m in checkpoint.metrics or []
