@@ -231,7 +231,8 @@ def test_the_registered_weights_are_those_of_the_best_epoch(study, exported, tra
     """The same run stopped at its best epoch (same seed, constant schedule: on a CPU the same
     steps bit for bit) ends with the weights that the champion must hold."""
     best_epoch = int(metrics_of(study.peaked)["best_epoch"])
-    at_best = train_run(study.data_dir, tracking, "--lr", "0.05", "--epochs", str(best_epoch))
+    at_best = train_run(study.data_dir, tracking, "--lr", "0.05", "--epochs", str(best_epoch),
+                        "--init", "kaiming")  # fmt: skip
     images = torch.from_numpy(as_model_input(load_cifar10(study.data_dir).test.images))
     with torch.no_grad():
         registered = mlflow.pytorch.load_model(f"models:/{exported.name}@champion")(images)
