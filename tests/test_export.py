@@ -75,7 +75,10 @@ def make_run(experiment_id: str, model: str, status: str, checkpoints: dict, **t
         logged = client.create_logged_model(experiment_id, name, run.info.run_id,
                                             tags={"epoch": str(step)})  # fmt: skip
         client.log_batch(run.info.run_id, metrics=[
-            Metric(k, v, now, step, model_id=logged.model_id) for k, v in metrics.items()
+            Metric(k, v, now, step, model_id=logged.model_id) if isinstance(v, float) else
+            Metric(k, v[0], now, step, model_id=logged.model_id, dataset_name=v[1],
+                   dataset_digest="0123")  # (value, the dataset it was measured on)
+            for k, v in metrics.items()
         ])  # fmt: skip
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status)
@@ -112,6 +115,15 @@ def test_the_champion_is_the_best_validation_checkpoint_of_a_run_that_may_win(tr
     assert champion.version_tags()["test_acc_at_best"] == "0.5"
     assert choose_best_run(tracking, ghost, extra_filter="tags.optimizer = 'adam'").run_id == low
     assert choose_best_run(tracking, "resnet18").value == 0.9
+
+
+def test_val_acc_counts_on_the_validation_dataset_or_from_a_run_that_names_none(tracking):
+    exp = mlflow.create_experiment(tracking)
+    named = make_run(exp, "resnet18", "FINISHED", {"best": {"val_acc": (0.8, "cifar10-val")}})
+    make_run(exp, "resnet18", "FINISHED", {"best": {"val_acc": 0.7}})  # metrics name no dataset
+    make_run(exp, "resnet18", "FINISHED", {"best": {"val_acc": (0.9, "cifar10-test")}})
+    champion = choose_best_run(tracking, "resnet18")
+    assert (champion.run_id, champion.value, champion.qualifying_runs) == (named, 0.8, 2)
 
 
 def test_without_validation_the_final_checkpoints_compete_on_the_test_set(tracking):
@@ -169,8 +181,9 @@ def study(mlflow_server, image_folder):
     with tracking_on(mlflow_server.uri):
         experiment = f"export-{uuid.uuid4().hex[:8]}"
         # Measured on this data (seed 0, CPU, so every run repeats it): val_acc 0.1, 0.2, 0.1.
-        peaked = train_run(image_folder, experiment, "--lr", "0.05", "--epochs", "3")
-        weaker = train_run(image_folder, experiment, "--lr", "0.001", "--epochs", "1")
+        kaiming = ("--init", "kaiming")
+        peaked = train_run(image_folder, experiment, "--lr", "0.05", "--epochs", "3", *kaiming)
+        weaker = train_run(image_folder, experiment, "--lr", "0.001", "--epochs", "1", *kaiming)
         assert metrics_of(peaked)["best_epoch"] < 3, "the data changed: pick another peaked run"
         assert metrics_of(peaked)["best_val_acc"] > metrics_of(weaker)["best_val_acc"]
         exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
@@ -218,7 +231,8 @@ def test_the_registered_weights_are_those_of_the_best_epoch(study, exported, tra
     """The same run stopped at its best epoch (same seed, constant schedule: on a CPU the same
     steps bit for bit) ends with the weights that the champion must hold."""
     best_epoch = int(metrics_of(study.peaked)["best_epoch"])
-    at_best = train_run(study.data_dir, tracking, "--lr", "0.05", "--epochs", str(best_epoch))
+    at_best = train_run(study.data_dir, tracking, "--lr", "0.05", "--epochs", str(best_epoch),
+                        "--init", "kaiming")  # fmt: skip
     images = torch.from_numpy(as_model_input(load_cifar10(study.data_dir).test.images))
     with torch.no_grad():
         registered = mlflow.pytorch.load_model(f"models:/{exported.name}@champion")(images)

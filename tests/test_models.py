@@ -1,13 +1,23 @@
-"""The two study models: exact parameter counts, logits out, the activation and conv injected."""
+"""The two study models: exact parameter counts, logits out, the activation, conv and
+initialisation injected."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from cifar_mlflow.core.config import ACTIVATION_NAMES, MODEL_NAMES
-from cifar_mlflow.core.models import ACTIVATIONS, MODELS, GhostModule, build_model, count_parameters
+from cifar_mlflow.core.config import ACTIVATION_NAMES, DEFAULTS, INIT_NAMES, MODEL_NAMES
+from cifar_mlflow.core.models import (
+    ACTIVATIONS,
+    INITS,
+    MODELS,
+    GhostModule,
+    build_model,
+    count_parameters,
+)
 
 EXPECTED_PARAMETERS = {"resnet18": 11_173_962, "ghost_resnet18": 5_706_186}
 ACTIVATION_TYPES = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
@@ -19,6 +29,35 @@ def test_registry_covers_the_study_under_the_names_the_cli_offers():
     assert set(ACTIVATIONS) == set(ACTIVATION_TYPES)
     # core.config spells the choices out so that `--help` needs no torch: the same, in order.
     assert (tuple(MODELS), tuple(ACTIVATIONS)) == (MODEL_NAMES, ACTIVATION_NAMES)
+    assert tuple(INITS) == INIT_NAMES
+
+
+def test_an_unknown_init_or_model_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown init 'xavier': one of torch-default, kaiming"):
+        build_model("resnet18", "relu", init="xavier")
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        build_model("vgg", "relu")
+
+
+def conv_stds(model: nn.Module) -> list[tuple[float, nn.Conv2d]]:
+    return [(m.weight.std().item(), m) for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_torch_default_is_the_default_and_kaiming_redraws_only_the_convs():
+    assert DEFAULTS.init == "torch-default"
+    torch.manual_seed(0)
+    default = build_model("resnet18", "relu")
+    torch.manual_seed(0)
+    kaiming = build_model("resnet18", "relu", init="kaiming")
+    # torch's own conv init: uniform with bound 1/sqrt(fan_in), so std 1/sqrt(3 fan_in);
+    # torchvision's: normal with std sqrt(2 / fan_out). Each conv holds >= 1,728 weights.
+    for (std, conv), (kaiming_std, _) in zip(conv_stds(default), conv_stds(kaiming)):
+        fan_in = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+        fan_out = conv.out_channels * math.prod(conv.kernel_size)
+        assert std == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.1)
+        assert kaiming_std == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)
+    # Drawn from the same seed, the layers that are not convs are the same.
+    assert torch.equal(default.fc.weight, kaiming.fc.weight)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

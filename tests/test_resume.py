@@ -21,6 +21,7 @@ from PIL import Image
 from cifar_mlflow.cli import cli
 from cifar_mlflow.core import checkpoint
 from cifar_mlflow.tracking.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG, RESUMED_TAG, SLOTS
+from cifar_mlflow.tracking.predictions import load_predictions
 from cifar_mlflow.tracking.runs import FAILURE_TAG
 
 from .conftest import on_both_stores, tiny_train_args, tracking_on
@@ -69,7 +70,8 @@ def logged_weights(run_id: str, checkpoint: str) -> dict[str, torch.Tensor]:
 
 def assert_same_as(run_id: str, reference: str) -> None:
     """Each epoch logged exactly once, with the reference's values, and the same `best` and
-    `final` models: the best-so-far weights survived the crash."""
+    `final` models and predictions: the best-so-far weights survived the crash (an epoch
+    before it is predicted again from them)."""
     client = MlflowClient()
     run, ref = client.get_run(run_id), client.get_run(reference)
     assert run.info.status == "FINISHED"
@@ -84,6 +86,10 @@ def assert_same_as(run_id: str, reference: str) -> None:
         mine, theirs = logged_weights(run_id, name), logged_weights(reference, name)
         assert mine.keys() == theirs.keys() and len(mine) > 100  # every tensor of ResNet-18
         assert [k for k in mine if not torch.equal(mine[k], theirs[k])] == [], name
+        mine, theirs = load_predictions(run_id, name), load_predictions(reference, name)
+        for split in ("test", "val"):
+            pred = f"{split}_pred"
+            assert np.array_equal(getattr(mine, pred), getattr(theirs, pred)), (name, split)
 
 
 @pytest.fixture(scope="module")

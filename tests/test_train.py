@@ -79,8 +79,10 @@ def test_train_records_everything(layout, request, tracking):
     assert metrics["final_test_acc"] == test_acc[2] and "best_test_acc" not in metrics
     assert metrics["model_params"] == 5706186
     # Storage stays bounded: the two LoggedModels live with the models; the run holds the
-    # resume checkpoint only.
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"resume", "curves.png"}
+    # resume checkpoint, its figure and what the two predicted (tests/test_predictions.py).
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "resume", "curves.png", "predictions"
+    }
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], output_format="list"
     )

@@ -18,14 +18,18 @@ from .errors import UserError
 
 MODEL_NAMES = ("resnet18", "ghost_resnet18")
 ACTIVATION_NAMES = ("relu", "leaky_relu", "gelu", "sigmoid", "silu")
+# torch-default: each layer's own initialisation, as the study had it; kaiming: torchvision's
+# ResNet (Kaiming-normal, fan-out, ReLU gain on every conv).
+INIT_NAMES = ("torch-default", "kaiming")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Each field that names a choice, and its choices: checked whenever a TrainConfig is made, since
 # a resumed run's params, a grid file or a tune's drawn settings never pass through click.
-CHOICES = {"model": MODEL_NAMES, "activation": ACTIVATION_NAMES, "optimizer": OPTIMIZERS,
-           "schedule": SCHEDULES, "device": DEVICES, "precision": PRECISIONS}  # fmt: skip
+CHOICES = {"model": MODEL_NAMES, "activation": ACTIVATION_NAMES, "init": INIT_NAMES,
+           "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
+           "precision": PRECISIONS}  # fmt: skip
 
 DEFAULT_EXPERIMENT = "cifar10-ablation"
 # CIFAR-10's classes, in its label order: a model trained here names its outputs so (core.data
@@ -40,6 +44,7 @@ CLASSES = (
 class TrainConfig:
     model: str = "resnet18"
     activation: str = "relu"
+    init: str = "torch-default"
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9  # used only by the "momentum" optimizer
@@ -81,6 +86,9 @@ class TrainConfig:
 
 
 DEFAULTS = TrainConfig()
+# The settings a run that does not record them trained with: a run logged before `init` was a
+# setting was initialised as `kaiming`. Reading a run's config back fills these in.
+UNRECORDED = {"init": "kaiming"}
 
 
 def held_out_images(val_size: float, train_images: int) -> int:

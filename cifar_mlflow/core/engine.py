@@ -7,6 +7,7 @@ counts are summed on the device and read once per epoch.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import os
@@ -225,7 +226,9 @@ class Trainer:
         self.device = device
         self.precision = resolve_precision(config.precision, device)
         seed_everything(config.seed)
-        self.model = model or build_model(config.model, config.activation, len(data.classes))
+        self.model = model or build_model(
+            config.model, config.activation, len(data.classes), config.init
+        )
         # channels_last suits cuDNN's bf16 kernels, and oneDNN's on a CPU too (measured: 1 thread,
         # batch 32, CPU seconds per step against the default format: ResNet-18 2.43 vs 2.54,
         # Ghost-ResNet-18 1.27 vs 1.66).
@@ -249,6 +252,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.compile_fallback: str | None = None  # why --compile trains uncompiled
         self.step_model = self._compiled() if config.compile else self.model
+        # The predicted class of each test and validation image ("test", "val") at the latest
+        # evaluation, in the split's order, on the device: what that epoch's accuracy counted.
+        self.predicted: dict[str, torch.Tensor] = {}
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -305,8 +311,11 @@ class Trainer:
         check_finite_weights(self.model, epoch)
         train_seconds = time.perf_counter() - started
         self.schedule.step()
-        test_loss, test_acc = self.evaluate(self.test_batches)
-        val_loss, val_acc = self.evaluate(self.val_batches) if self.val_batches else (None, None)
+        self.predicted = {}
+        test_loss, test_acc = self.evaluate(self.test_batches, "test")
+        val_loss, val_acc = (
+            self.evaluate(self.val_batches, "val") if self.val_batches else (None, None)
+        )
         check_finite_outputs(epoch, test_loss, val_loss)
         return EpochMetrics(
             epoch=epoch,
@@ -343,13 +352,39 @@ class Trainer:
         return loss_sum.item() / seen, correct.item() / seen
 
     @torch.inference_mode()
-    def evaluate(self, batches: DeviceBatches) -> tuple[float, float]:
-        self.model.eval()
+    def evaluate(self, batches: DeviceBatches, split: str | None = None,
+                 model: nn.Module | None = None) -> tuple[float, float]:  # fmt: skip
+        """Loss and accuracy of `model` (default: the one training) on `batches`; the predicted
+        class of each image is kept in `predicted[split]` (uint8: CIFAR-10 has 10 classes)."""
+        model = (self.model if model is None else model).eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        predicted = torch.empty(batches.num_images, dtype=torch.uint8, device=self.device)
+        done = 0
         for images, labels in batches:
             with self.autocast():
-                logits = self.model(images)
+                logits = model(images)
             loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            correct += (logits.argmax(1) == labels).sum()
+            classes = logits.argmax(1)
+            correct += (classes == labels).sum()
+            predicted[done : done + len(labels)] = classes
+            done += len(labels)
+        if split is not None:
+            self.predicted[split] = predicted
         return loss_sum.item() / batches.num_images, correct.item() / batches.num_images
+
+    def predictions_of(
+        self, weights: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The predicted classes of the test and validation images (as `predicted`) by the model
+        as it is, or with `weights` (a state dict) in a copy of it: for an epoch whose own
+        evaluation is not at hand (one trained before a resume)."""
+        model = self.model
+        if weights is not None:
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(weights)
+        self.predicted = {}
+        self.evaluate(self.test_batches, "test", model)
+        if self.val_batches:
+            self.evaluate(self.val_batches, "val", model)
+        return self.predicted

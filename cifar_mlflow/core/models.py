@@ -3,7 +3,8 @@
 Follows torchvision's resnet.py, reshaped for 32x32 inputs (3x3 stem, no max-pool). What varies
 between the study's models is injected: the activation as a module factory, and the 3x3 conv
 inside each BasicBlock as a conv factory. The Ghost model is the ResNet built with
-`GhostModule` as that factory. Models return logits.
+`GhostModule` as that factory. The initial weights are drawn by an initialisation chosen by name
+(`INITS`) once the network is built. Models return logits.
 """
 
 from __future__ import annotations
@@ -117,9 +118,6 @@ class ResNet(nn.Module):
         self.layers = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.layers(self.stem(x)))
@@ -142,10 +140,33 @@ MODELS: dict[str, Callable[..., ResNet]] = {
 }
 
 
-def build_model(name: str, activation: str, num_classes: int = 10) -> ResNet:
-    return MODELS[registered(MODELS, name, "model")](
+def torch_default(model: nn.Module) -> None:
+    """Each layer as torch makes it (its own reset_parameters): the study's initialisation."""
+
+
+def kaiming(model: nn.Module) -> None:
+    """torchvision's ResNet initialisation of its convs: Kaiming-normal, fan-out, ReLU gain."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+# An initialisation redraws a built model's weights in place, from torch's seeded generator.
+INITS: dict[str, Callable[[nn.Module], None]] = {
+    "torch-default": torch_default,
+    "kaiming": kaiming,
+}
+
+
+def build_model(name: str, activation: str, num_classes: int = 10,
+                init: str = "torch-default") -> ResNet:  # fmt: skip
+    """The network `name` with `activation`, its weights drawn as the initialisation `init`
+    says; an unknown name of any of them raises ValueError."""
+    model = MODELS[registered(MODELS, name, "model")](
         registered(ACTIVATIONS, activation, "activation"), num_classes
     )
+    INITS[registered(INITS, init, "init")](model)
+    return model
 
 
 def registered(registry: dict, name: str, what: str) -> str:

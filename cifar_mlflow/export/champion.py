@@ -3,9 +3,10 @@
 
 Every training run logs a `final` LoggedModel and, with a validation split, a `best` one (the
 epoch with the highest val_acc). The champion is the `best` checkpoint with the highest
-validation accuracy among the FINISHED, non-diverged runs of the family: the test set chooses
-nothing. Only when no run has a validation split do the `final` checkpoints compete, on their
-test accuracy, and the champion then says that it was chosen on the test set.
+validation accuracy (its val_acc on the validation dataset) among the FINISHED, non-diverged
+runs of the family: the test set chooses nothing. Only when no run has a validation split do the
+`final` checkpoints compete, on their test accuracy, and the champion then says that it was
+chosen on the test set.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
+from ..tracking.datasets import dataset_name, metric_split
 from ..tracking.registry import candidate_runs, checkpoints_of
 from ..tracking.training_runs import where_training_runs_are
 
@@ -84,7 +86,17 @@ class Candidate:
 
 
 def checkpoint_metric(checkpoint: LoggedModel, key: str) -> float:
-    return next((m.value for m in checkpoint.metrics or [] if m.key == key), math.nan)
+    """The checkpoint's `key` as training measured it: on the dataset of its split (val_acc on
+    the validation images), or, from a run whose metrics name no dataset, the unnamed one; a
+    value linked to another dataset never stands in for it. Chosen here rather than by
+    search_logged_models(datasets=...): each run has a validation split of its own (digest),
+    and through a server MLflow 3.17 matches a dataset by name only when given its digest too
+    (measured: name alone finds no model)."""
+    split = metric_split(key)
+    wanted = {dataset_name(split), None} if split else {None}
+    values = {m.dataset_name: m.value for m in checkpoint.metrics or []
+              if m.key == key and m.dataset_name in wanted}  # fmt: skip
+    return values.get(dataset_name(split) if split else None, values.get(None, math.nan))
 
 
 def choose_best_run(experiment: str, model: str, extra_filter: str = "") -> Candidate:

@@ -26,6 +26,21 @@ DUPLICATE_ROW = re.compile(
 )
 
 
+def dataset_name(split: str) -> str:
+    """The name of a split's dataset ("train", "val", "test"), on the run's inputs and on the
+    metrics measured on it."""
+    return f"cifar10-{split}"
+
+
+def metric_split(key: str) -> str | None:
+    """The split a training metric was measured on: `val_*` and `best_val_acc` on validation,
+    `test_*` and `final_test_acc` on test; None for the others (training, timing, size)."""
+    for split in ("val", "test"):
+        if key.startswith(f"{split}_") or f"_{split}_" in key:
+            return split
+    return None
+
+
 def split_digest(split: Split) -> str:
     """A content hash of the images and labels: equal digests mean the very same images.
     Measured: blake2b over 45,000 images (138 MB) takes ~0.2 s on one core here."""
@@ -54,7 +69,7 @@ def run_datasets(data: Cifar10) -> RunDatasets:
         warnings.filterwarnings("ignore", message="The specified dataset source")
         return RunDatasets({
             name: mlflow.data.from_numpy(split.images, source=folder, targets=split.labels,
-                                         name=f"cifar10-{name}", digest=split_digest(split))
+                                         name=dataset_name(name), digest=split_digest(split))
             for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
             if split is not None
         })  # fmt: skip

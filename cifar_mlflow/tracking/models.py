@@ -13,18 +13,21 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
 import yaml
-from mlflow.entities import LoggedModel, Metric
+from mlflow.entities import LoggedModel, LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from ..core.errors import UserError
+from .datasets import dataset_name, metric_split
 
 
 def log_checkpoint(
@@ -33,19 +36,42 @@ def log_checkpoint(
     epoch: int,
     classes: tuple[str, ...],
     example_images: np.ndarray,
+    digests: Mapping[str, str | None] | None = None,
 ) -> str:
     """Log `model` (taking float RGB in [0, 1], N x 3 x 32 x 32) as the active run's LoggedModel
-    `name` at step = `epoch`; MLflow links the run's metrics of that step to it (so `best` shows
-    its epoch's val_acc and test_acc). The class names go in its metadata. Returns the model's
-    id; the run's tag `<name>_model_id` names it too, and `model_uri` the last one logged."""
+    `name` at step = `epoch`, with the run's metrics of that step linked to it (so `best` shows
+    its epoch's val_acc and test_acc), each `val_*` and `test_*` one with the dataset it was
+    measured on (`digests`: split -> digest). The class names go in its metadata. Returns the
+    model's id; the run's tag `<name>_model_id` names it too, and `model_uri` the last one."""
+    run_id = mlflow.active_run().info.run_id
+    client = MlflowClient()
+    created = mlflow.initialize_logged_model(
+        name=name, source_run_id=run_id, tags={"checkpoint": name, "epoch": str(epoch)},
+        params=client.get_run(run_id).data.params,
+    )  # fmt: skip
+    # Stored from a thread where the run is not active (MLflow's active run is per thread), so
+    # that MLflow does not link the run's metrics to it: it would link them without their
+    # datasets (a run's metric history keeps none), and a model's metric is linked once.
+    with ThreadPoolExecutor(1, thread_name_prefix="log-model") as pool:
+        info = pool.submit(_store_model, created, model, epoch, classes, example_images).result()
+    client.log_outputs(run_id, [LoggedModelOutput(created.model_id, step=epoch)])
+    _link_metrics(client, run_id, created.model_id, epoch, digests or {})
+    # The run's `model_uri` names the model to use: logged last, `best` when there is one.
+    mlflow.set_tags({f"{name}_model_id": info.model_id, "model_uri": info.model_uri})
+    return info.model_id
+
+
+def _store_model(created: LoggedModel, model: torch.nn.Module, epoch: int,
+                 classes: tuple[str, ...], example_images: np.ndarray) -> ModelInfo:  # fmt: skip
     # Saved in the standard memory layout: the engine trains in channels_last, whose weights
     # torch.export's archive stores as slices of a larger storage (it warns so, once per weight).
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(example_images)).numpy()
-    info = mlflow.pytorch.log_model(
+    return mlflow.pytorch.log_model(
         model,
-        name=name,
+        name=created.name,
+        model_id=created.model_id,
         step=epoch,
         serialization_format="pt2",
         signature=infer_signature(example_images, logits),
@@ -60,11 +86,23 @@ def log_checkpoint(
         # model's ~2.7 s here (bench/bench_model_logging.py). Every format we log is loaded and
         # served in tests/test_train.py and tests/test_export.py instead.
         validate_serving_input=False,
-        tags={"checkpoint": name, "epoch": str(epoch)},
     )
-    # The run's `model_uri` names the model to use: logged last, `best` when there is one.
-    mlflow.set_tags({f"{name}_model_id": info.model_id, "model_uri": info.model_uri})
-    return info.model_id
+
+
+def _link_metrics(client: MlflowClient, run_id: str, model_id: str, step: int,
+                  digests: Mapping[str, str | None]) -> None:  # fmt: skip
+    """The run's metrics of `step` linked to the model, as MLflow links them, plus the dataset of
+    each that was measured on a split whose digest is known. Their timestamps are the run's own,
+    so the run's history gains no rows."""
+    linked = []
+    for key in client.get_run(run_id).data.metrics:
+        split = metric_split(key)
+        dataset = ({"dataset_name": dataset_name(split), "dataset_digest": digests[split]}
+                   if digests.get(split) else {})  # fmt: skip
+        linked += [Metric(key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id,
+                          **dataset)
+                   for m in client.get_metric_history(run_id, key) if m.step == step]  # fmt: skip
+    client.log_batch(run_id, metrics=linked)
 
 
 def log_model_scores(model: LoggedModel, scores: Mapping[str, float], split: str,
@@ -75,7 +113,7 @@ def log_model_scores(model: LoggedModel, scores: Mapping[str, float], split: str
     lists them together."""
     epoch = int(model.tags.get("epoch", 0))
     now = int(time.time() * 1000)
-    dataset = {"dataset_name": f"cifar10-{split}", "dataset_digest": digest} if digest else {}
+    dataset = {"dataset_name": dataset_name(split), "dataset_digest": digest} if digest else {}
     metrics = [Metric(k, float(v), now, epoch, model_id=model.model_id, **dataset)
                for k, v in scores.items()]  # fmt: skip
     MlflowClient().log_batch(model.source_run_id, metrics=metrics)

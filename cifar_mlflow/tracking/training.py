@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from ..core.config import TrainConfig
+from ..core.config import UNRECORDED, TrainConfig
 from ..core.engine import EpochMetrics
 from ..core.selection import best_epoch
 from .connection import TrackingError
@@ -77,8 +77,9 @@ def log_summary_metrics(history: list[EpochMetrics], stopped_early: str | None =
 
 
 def logged_config(run_id: str) -> TrainConfig:
-    """The TrainConfig a run was started with, read back from its params."""
-    params = get_run(run_id).data.params
+    """The TrainConfig a run was started with, read back from its params (a setting the run
+    did not record: what runs trained with before it was one, core.config.UNRECORDED)."""
+    params = {**UNRECORDED, **get_run(run_id).data.params}
     parse = {"str": str, "int": lambda s: int(float(s)), "float": float,
              "bool": lambda s: s.lower() == "true"}  # fmt: skip
     try:

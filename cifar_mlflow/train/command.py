@@ -33,6 +33,9 @@ def _option(name: str, **kwargs) -> click.Option:
 CONFIG_OPTIONS = [
     _option("model", type=choice(cfg.MODEL_NAMES)),
     _option("activation", type=choice(cfg.ACTIVATION_NAMES)),
+    _option("init", type=choice(cfg.INIT_NAMES),
+            help="initial weights: torch-default (each layer's own, as the study had it) or "
+                 "kaiming (torchvision's ResNet: Kaiming-normal fan-out on every conv)"),
     _option("optimizer", type=choice(cfg.OPTIMIZERS),
             help="sgd; momentum: SGD with --momentum; adam (--weight-decay as L2 in the "
                  "gradient); adamw: Adam with decoupled --weight-decay"),

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..core import checkpoint
@@ -36,7 +37,7 @@ from ..core.models import Normalized
 from ..core.selection import BestWeights
 from ..core.signals import Interrupted, StopOnSignal
 from ..tracking import connection, records, training
-from ..tracking.datasets import data_changes, log_inputs, run_datasets
+from ..tracking.datasets import data_changes, log_inputs, run_datasets, split_digest
 from ..tracking.lease import WriterLease
 from ..tracking.models import log_checkpoint
 from ..tracking.outbox import (
@@ -46,6 +47,7 @@ from ..tracking.outbox import (
     download_last_checkpoint,
     log_missing_epochs,
 )
+from ..tracking.predictions import Predictions, log_predictions
 from ..tracking.runs import (
     FINISHED,
     check_experiment,
@@ -119,8 +121,11 @@ def run_training(
                                   result.stopped_early)  # fmt: skip
                 records.set_description(opened, summary.markdown())
                 records.log_figure(opened, curves_figure(summary), CURVES_FIGURE)
+                digests = {"test": split_digest(start.data.test),
+                           "val": start.data.val and split_digest(start.data.val)}  # fmt: skip
+                _log_predictions(trainer, recorder, start.data, digests)
                 if log_models:
-                    _log_checkpoints(result, recorder.best, start.data)
+                    _log_checkpoints(result, recorder.best, start.data, digests)
         except Interrupted as e:
             if opened:
                 e.add_note(_resume_hint(opened, recorder.saved))
@@ -191,6 +196,9 @@ class EpochRecorder:
     def __init__(self, workdir: Path, on_epoch: Callable[[EpochMetrics], None], saved: int):
         self.workdir, self.on_epoch = workdir, on_epoch
         self.saved = saved  # the last epoch whose checkpoint is written (0: none yet)
+        # (epoch, the trainer's predicted classes) of the latest and the best epoch evaluated
+        # in this process: the predictions logged at the end, without evaluating again.
+        self.latest = self.at_best = (0, {})
 
     def start(
         self, trainer: Trainer, done: list[EpochMetrics], best: BestWeights, outbox: Outbox
@@ -199,7 +207,9 @@ class EpochRecorder:
 
     def __call__(self, metrics: EpochMetrics) -> None:
         self.history.append(metrics)
-        self.best.offer(metrics.epoch, metrics.val_acc, self.trainer.model)
+        self.latest = (metrics.epoch, self.trainer.predicted)
+        if self.best.offer(metrics.epoch, metrics.val_acc, self.trainer.model):
+            self.at_best = self.latest
         path = self.workdir / f"epoch-{metrics.epoch}" / CHECKPOINT_FILE
         checkpoint.save(checkpoint.capture(self.trainer, self.history, self.best), path)
         self.saved = metrics.epoch
@@ -207,7 +217,28 @@ class EpochRecorder:
         self.on_epoch(metrics)
 
 
-def _log_checkpoints(result: TrainResult, best: BestWeights, data: Cifar10) -> None:
+def _log_predictions(trainer: Trainer, recorder: EpochRecorder, data: Cifar10,
+                     digests: dict[str, str | None]) -> None:  # fmt: skip
+    """The predicted class of every test and validation image by `final` (the last epoch's
+    weights) and, with validation, `best` (the best epoch's): the ones its evaluation counted
+    when this process trained that epoch, else (an epoch trained before a resume) those of the
+    weights evaluated now."""
+    checkpoints = {"final": (recorder.history[-1].epoch, None)}
+    if recorder.best.weights is not None:
+        checkpoints["best"] = (recorder.best.epoch, recorder.best.weights)
+    for name, (epoch, weights) in checkpoints.items():
+        kept = [p for e, p in (recorder.latest, recorder.at_best) if e == epoch]
+        predicted = kept[0] if kept else trainer.predictions_of(weights)
+        arrays = {}
+        for split, classes in predicted.items():
+            arrays |= {f"{split}_pred": classes.cpu().numpy(),
+                       f"{split}_label": getattr(data, split).labels.astype(np.uint8),
+                       f"{split}_digest": digests[split]}  # fmt: skip
+        log_predictions(name, Predictions(**arrays))
+
+
+def _log_checkpoints(result: TrainResult, best: BestWeights, data: Cifar10,
+                     digests: dict[str, str | None]) -> None:  # fmt: skip
     """The run's LoggedModels: `final` (the last epoch) and, with validation, `best` (the epoch
     with the highest val_acc), in that order, so the run's model_uri tag ends on `best`. Each is
     our model behind the input normalisation, on the CPU."""
@@ -218,7 +249,8 @@ def _log_checkpoints(result: TrainResult, best: BestWeights, data: Cifar10) -> N
         at_best.load_state_dict(best.weights)
         checkpoints["best"] = (at_best, best.epoch)
     for name, (model, epoch) in checkpoints.items():
-        log_checkpoint(name, Normalized(model.cpu(), MEAN, STD), epoch, data.classes, example)
+        log_checkpoint(name, Normalized(model.cpu(), MEAN, STD), epoch, data.classes, example,
+                       digests)  # fmt: skip
 
 
 def _facts(trainer: Trainer, data: Cifar10) -> dict[str, object]:
