@@ -71,7 +71,8 @@ def check_matches(state: dict, config: TrainConfig, device: torch.device) -> Non
     """A run continues with the settings it started with; anything else would be a different
     experiment under the same run id."""
     saved = state["config"]
-    changed = [k for k, v in config.as_params().items() if saved.get(k) != v]
+    # A setting newer than the checkpoint is not a change (checkpoint_every: when to save).
+    changed = [k for k, v in config.as_params().items() if k in saved and saved[k] != v]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
         raise CheckpointError(
