@@ -112,7 +112,9 @@ class Outbox:
         training raises the refusal at its next step)."""
         with self._lock:
             if self._refusal is not None:
-                self._refusal = self._refused(_Checkpoint(epoch, checkpoint))
+                # The training may have raised the refusal already: its message must say where
+                # this newer checkpoint is kept.
+                self._refusal.args = self._refused(_Checkpoint(epoch, checkpoint)).args
                 return
             stale, self._checkpoint = self._checkpoint, _Checkpoint(epoch, checkpoint)
             if stale is not None and stale is not self._sending:
