@@ -53,8 +53,10 @@ def test_epoch_policy_saves_every_nth_epoch():
 
 def test_writer_writes_on_its_own_thread_and_raises_its_error_in_the_callers(tmp_path):
     seen = []
-    with checkpoint.Writer(lambda epoch, path: seen.append((epoch, path,
-                                                            threading.current_thread().name))) as w:
+    def written(state, path):
+        seen.append((state["epoch"], path, threading.current_thread().name))
+
+    with checkpoint.Writer(written) as w:
         w.write({"epoch": 3, "weights": torch.arange(4)}, tmp_path / "a" / "checkpoint.pt")
         w.wait()
         (tmp_path / "file").write_text("a file, not a folder")
@@ -74,3 +76,22 @@ def test_the_training_devices_cuda_state_is_restored_whatever_the_gpus_visible()
     eight_gpus = [mine, *[other] * 7]
     assert checkpoint.training_device_cuda_state({"cuda": eight_gpus}) is mine
     assert checkpoint.training_device_cuda_state({"torch": other}) is None
+
+
+def test_a_state_is_copied_into_an_earlier_ones_memory_where_it_fits():
+    """The copy off the device reuses a written state's tensors: same values as a fresh copy,
+    no new memory where shapes match, and none of the model's own tensors shared."""
+    from bench.bench_checkpoint import trained_state
+
+    trainer, history, best = trained_state(images=20)
+    earlier = checkpoint.capture(trainer, history, best)
+    weight = earlier["model"]["stem.0.weight"]
+    own = trainer.model.state_dict()["stem.0.weight"]
+    with torch.no_grad():
+        own.add_(1)
+    again = checkpoint.capture(trainer, history, best, reuse=earlier)
+    assert again["model"]["stem.0.weight"] is weight
+    fresh = checkpoint.capture(trainer, history, best)
+    assert all(torch.equal(again["model"][k], v) for k, v in fresh["model"].items())
+    assert torch.equal(weight, own)
+    assert weight.data_ptr() != own.data_ptr()

@@ -193,6 +193,7 @@ class EpochRecorder:
         self.policy = checkpoint.Policy(checkpoint_every)
         self.saved = saved  # the last epoch whose checkpoint is written (0: none yet)
         self.latest: dict | None = None  # the last epoch's state, off the device
+        self.spare: dict | None = None  # a state written already: its memory is copied into
 
     def start(self, trainer: Trainer, done: list[EpochMetrics], best: BestWeights,
               outbox: Outbox, writer: checkpoint.Writer) -> None:  # fmt: skip
@@ -202,7 +203,8 @@ class EpochRecorder:
     def __call__(self, metrics: EpochMetrics) -> None:
         self.history.append(metrics)
         self.best.offer(metrics.epoch, metrics.val_acc, self.trainer.model)
-        self.latest = checkpoint.capture(self.trainer, self.history, self.best)
+        reuse, self.spare = self.latest or self.spare, None
+        self.latest = checkpoint.capture(self.trainer, self.history, self.best, reuse)
         self.outbox.put(metrics.epoch, metrics.as_metrics())
         if self.policy.due(metrics.epoch):
             self._write()
@@ -221,10 +223,10 @@ class EpochRecorder:
         self.latest = None
         self.policy.saved()
 
-    def written(self, epoch: int, path: Path) -> None:
-        """On the writer's thread: a checkpoint file is whole."""
-        self.saved = epoch
-        self.outbox.put_checkpoint(epoch, path)
+    def written(self, state: dict, path: Path) -> None:
+        """On the writer's thread: `state`'s file is whole."""
+        self.saved, self.spare = state["epoch"], state
+        self.outbox.put_checkpoint(state["epoch"], path)
 
 
 def _log_checkpoints(result: TrainResult, best: BestWeights, data: Cifar10) -> None:
