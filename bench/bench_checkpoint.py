@@ -172,8 +172,8 @@ def markdown(result: dict) -> list[str]:
         f"({result['background_write_wall_seconds']:.2f} s wall, median) while training goes "
         "on, at the default policy (`--checkpoint-every "
         f"{result['settings']['policy']}`) once per 5 minutes, after the last epoch and on a "
-        "signal. On a GPU the copy is a device-to-host transfer of the same bytes "
-        "(`bench/gpu.sh`).",
+        "signal. On a GPU the copy is a device-to-host transfer of the same bytes (not timed "
+        "here).",
         "",
         f"Bytes per {result['settings']['epochs']}-epoch run and per "
         f"{result['settings']['study_runs']}-run study (uploaded: every checkpoint sent; stored: "
