@@ -118,6 +118,7 @@ def main() -> None:
         for name, seconds in EPOCH_SECONDS.items()
     }
     result = {
+        "mode": "checkpoint",
         "environment": environment(torch.device("cpu")),
         "settings": {"rounds": ROUNDS, "epochs": EPOCHS, "study_runs": STUDY_RUNS,
                      "policy": DEFAULTS.checkpoint_every, "model": "resnet18",
