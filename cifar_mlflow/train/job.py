@@ -104,8 +104,8 @@ def run_training(
                 # A continued run may hold metrics of epochs after its checkpoint: kept, not resent.
                 logged = logged_steps(opened, EPOCH_KEYS) if start.run_id else frozenset()
                 facts = _record_start(opened, trainer, start.data, done, logged, on_start)
-                with Outbox(opened, logged) as outbox, checkpoint.Writer(recorder.written) as w:
-                    recorder.start(trainer, done, best, outbox, w)
+                with Outbox(opened, logged) as outbox, checkpoint.Writer(recorder.written) as writer:
+                    recorder.start(trainer, done, best, outbox, writer)
                     try:
                         result = trainer.fit(recorder, steps, done)
                     except Interrupted:
@@ -283,8 +283,8 @@ def _saved_state(
     if path is None:
         if required:
             raise UserError(
-                f"run {run_id} has no checkpoint: it stopped during its first epoch; start a "
-                "new run instead"
+                f"run {run_id} has no checkpoint: it stopped before its first was due "
+                "(--checkpoint-every); start a new run instead"
             )
         return None  # a run that `mlflow run` has just created
     state = checkpoint.load(path)
