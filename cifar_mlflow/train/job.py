@@ -104,7 +104,8 @@ def run_training(
                 # A continued run may hold metrics of epochs after its checkpoint: kept, not resent.
                 logged = logged_steps(opened, EPOCH_KEYS) if start.run_id else frozenset()
                 facts = _record_start(opened, trainer, start.data, done, logged, on_start)
-                with Outbox(opened, logged) as outbox, checkpoint.Writer(recorder.written) as writer:
+                with (Outbox(opened, logged) as outbox,
+                      checkpoint.Writer(recorder.written) as writer):  # fmt: skip
                     recorder.start(trainer, done, best, outbox, writer)
                     try:
                         result = trainer.fit(recorder, steps, done)
