@@ -131,7 +131,7 @@ def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
     )
     assert checkpoint.load(saved)["epoch"] == 2
 
-    reference = client.get_run(uninterrupted)
+    params = client.get_run(killed).data.params  # the reference's, in this test's experiment
     run = client.create_run(mlflow.set_experiment(tracking).experiment_id)
     run_id = run.info.run_id
     client.log_batch(
@@ -142,7 +142,7 @@ def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
             for step, v in history(uninterrupted, k)
             if step == 1
         ],
-        params=[mlflow.entities.Param(k, v) for k, v in reference.data.params.items()],
+        params=[mlflow.entities.Param(k, v) for k, v in params.items()],
     )
     client.log_artifact(run_id, saved, SLOTS[0])
     client.set_tag(run_id, CHECKPOINT_TAG, f"{SLOTS[0]}/checkpoint.pt")
