@@ -84,7 +84,8 @@ def run_one(experiment: str, index: int, epochs: int, epoch_seconds: float, out:
                 checkpoint = Path(tmp) / f"epoch-{epoch}.pt"
                 checkpoint.write_bytes(os.urandom(CHECKPOINT_BYTES))
                 queued[epoch] = time.monotonic()
-                outbox.put(epoch, checkpoint, {k: index + epoch / 1000 for k in KEYS})
+                outbox.put(epoch, {k: index + epoch / 1000 for k in KEYS})
+                outbox.put_checkpoint(epoch, checkpoint)
     latencies = [logged[e] - queued[e] for e in queued if e in logged]
     out.write_text(json.dumps({"run_id": run_id, "latencies": latencies,
                                "retry_streaks": retries.count}))  # fmt: skip

@@ -53,6 +53,7 @@ if [ "${BENCH_TINY:-0}" = 1 ]; then  # seconds per section on a CPU: the script'
   RUNS=(--ks 1,2 --seconds 1 --warmup-steps 1 --block-steps 1)
   PROFILE=(--steps 2 --warmup 1)
   PATHS=(--train-limit 20 --test-limit 10 --batch-size 10 --epochs 1)  # one step each
+  CHECKPOINT=(--rounds 1)
   SYNTHETIC=(--train 100 --test 50)
 else
   # Boxes from the expected cost (ResNet-18's 40 epochs: 6.7 PFLOP, ~25 s at 30-40 % of an
@@ -66,6 +67,7 @@ else
   RUNS=(--ks 1,2,4,8 --seconds 4)
   PROFILE=()
   PATHS=()
+  CHECKPOINT=(--rounds 2)
   SYNTHETIC=()
 fi
 RESULTS=(--results "$WORK/new")
@@ -107,9 +109,11 @@ if [ "$REAL" = 1 ] || [ "${BENCH_TINY:-0}" = 1 ]; then
 else
   skip accuracy "no CIFAR-10 pack carried ($PACK): synthetic images have no accuracy to check"
 fi
-section runs-per-gpu 50 "$PYTHON" bench/runs_per_gpu.py --device "$DEVICE" "${RESULTS[@]}" \
+section runs-per-gpu 45 "$PYTHON" bench/runs_per_gpu.py --device "$DEVICE" "${RESULTS[@]}" \
   --data-dir "$DATA" "${SMALL[@]}" "${RUNS[@]}"
-section profile 20 "$PYTHON" bench/profile_kernels.py --device "$DEVICE" "${RESULTS[@]}" \
+section checkpoint 10 "$PYTHON" bench/bench_checkpoint.py --device "$DEVICE" "${RESULTS[@]}" \
+  --doc "$WORK/scratch.md" "${CHECKPOINT[@]}"
+section profile 15 "$PYTHON" bench/profile_kernels.py --device "$DEVICE" "${RESULTS[@]}" \
   --data-dir "$DATA" "${SMALL[@]}" "${PROFILE[@]}"
 section paths 90 "$PYTHON" bench/gpu_paths.py --device "$DEVICE" --data-dir "$DATA" \
   --out "$OUT/paths-$DEVICE.json" "${PATHS[@]}"

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 
 import click
 
-from .core.config import CLASSES
+from .core.config import CLASSES, checkpoint_interval
+from .core.errors import UserError
 
 # MLflow's limit on an experiment's name (measured on MLflow 3.17: its server refuses 501
 # characters and "" with INVALID_PARAMETER_VALUE; tests/test_options.py checks against a server).
@@ -99,6 +100,23 @@ class GroupId(click.ParamType):
 
 
 GROUP_ID = GroupId()
+
+
+class CheckpointEvery(click.ParamType):
+    """A number of epochs (>= 1) or a time with its unit (30s, 5m, 1h)."""
+
+    name = "EPOCHS|TIME"
+
+    def convert(self, value, param, ctx):
+        try:
+            checkpoint_interval(value)
+        except UserError:
+            self.fail(f"{value!r} is neither a number of epochs >= 1 nor a time with its unit "
+                      "(30s, 5m, 1h)", param, ctx)  # fmt: skip
+        return str(value).strip().lower()
+
+
+CHECKPOINT_EVERY = CheckpointEvery()
 
 
 def choice(names: Iterable[str]) -> click.Choice:

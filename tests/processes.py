@@ -87,14 +87,18 @@ def wait_for_checkpoint(run_id: str, epoch: int, timeout: float = 180) -> None:
     raise AssertionError(f"no checkpoint of epoch {epoch} on the server within {timeout} s")
 
 
-def wait_for_epoch(run_id: str, epoch: int, timeout: float = 180) -> None:
-    """Until the server holds the run's checkpoint of `epoch` and every metric of that epoch
-    (the outbox sends the metrics right after the checkpoint)."""
-    wait_for_checkpoint(run_id, epoch, timeout)
+def wait_for_metrics(run_id: str, epoch: int, timeout: float = 180) -> None:
+    """Until the server holds every metric of the run's `epoch` (sent as soon as it ends)."""
     deadline = time.monotonic() + timeout
     while any(epoch not in steps(run_id, key) for key in PER_EPOCH_KEYS):
         assert time.monotonic() < deadline, f"epoch {epoch}'s metrics did not arrive"
         time.sleep(0.1)
+
+
+def wait_for_epoch(run_id: str, epoch: int, timeout: float = 180) -> None:
+    """Until the server holds the run's checkpoint of `epoch` and every metric of that epoch."""
+    wait_for_checkpoint(run_id, epoch, timeout)
+    wait_for_metrics(run_id, epoch, timeout)
 
 
 def history(run_id: str, key: str) -> list[tuple[int, float]]:

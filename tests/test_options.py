@@ -60,6 +60,10 @@ def assert_one_line_error(result, exit_code: int | None = None) -> str:
         (["--experiment", "   "], "not blank"),
         (["--experiment", "x" * 501], "MLflow takes at most 500"),
         (["--resume", ""], "--resume needs a run id"),  # `--resume "$RUN"` with RUN unset
+        (["--checkpoint-every", "0"], "neither a number of epochs >= 1 nor a time"),
+        (["--checkpoint-every", "5d"], "(30s, 5m, 1h)"),
+        (["--checkpoint-every", "nanm"], "--checkpoint-every"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every"),
     ],
 )
 def test_option_that_makes_no_sense_is_refused_before_anything_starts(bad, fragment, tmp_path):

@@ -154,7 +154,8 @@ def test_run_deleted_mid_training_stops_within_seconds_and_keeps_the_checkpoint(
     deleter = threading.Thread(target=delete_after_epoch_1)
     deleter.start()
     result = CliRunner().invoke(
-        cli, tiny_train_args(image_folder, tracking, *TINY_RUN, "--epochs", "50"),
+        cli, tiny_train_args(image_folder, tracking, *TINY_RUN, "--epochs", "50",
+                             "--checkpoint-every", "1"),
     )  # fmt: skip
     ended = time.monotonic()
     deleter.join()

@@ -1,5 +1,6 @@
-"""Checkpoints and resume, with real faults: a training process killed with SIGKILL mid-epoch
-continues in the same MLflow run and ends bitwise equal (on CPU) to a run never interrupted."""
+"""Checkpoints and resume, with real faults: a training process killed with SIGKILL between two
+checkpoints continues from the older one in the same MLflow run and ends bitwise equal (on CPU)
+to a run never interrupted, each epoch logged once."""
 
 from __future__ import annotations
 
@@ -33,13 +34,33 @@ from .processes import (
     history,
     steps,
     wait_for_checkpoint,
+    wait_for_metrics,
 )
 
 pytestmark = pytest.mark.slow
 
 
-def resumable_args(data_dir, experiment) -> list[str]:
-    return tiny_train_args(data_dir, experiment, "--epochs", "3", "--seed", "5", *SMALL_RUN)
+EPOCHS = 4
+
+
+def resumable_args(data_dir, experiment, *extra: str) -> list[str]:
+    return tiny_train_args(data_dir, experiment, "--epochs", str(EPOCHS), "--seed", "5",
+                           *SMALL_RUN, *extra)  # fmt: skip
+
+
+def killed_between_checkpoints(data_dir, experiment) -> str:
+    """A run with a checkpoint every 2 epochs, SIGKILLed in epoch 4, once epoch 3 (no checkpoint)
+    is logged: its run id. The server holds epoch 2's checkpoint and the metrics of 1 to 3."""
+    process = TrainingProcess(resumable_args(data_dir, experiment, "--checkpoint-every", "2"))
+    run_id = process.run_id()
+    wait_for_checkpoint(run_id, 2)
+    process.wait_for_line(r"^epoch 3/4 ")
+    wait_for_metrics(run_id, 3)
+    process.process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # nobody could mark it
+    assert steps(run_id, "test_acc") == [1, 2, 3], "killed too late: epoch 4 had finished"
+    return run_id
 
 
 def train(*args: str):
@@ -77,7 +98,7 @@ def assert_same_as(run_id: str, reference: str) -> None:
     assert run.info.status == "FINISHED"
     assert FAILURE_TAG not in run.data.tags
     for key in PER_EPOCH_KEYS:
-        assert steps(run_id, key) == [1, 2, 3], key
+        assert steps(run_id, key) == list(range(1, EPOCHS + 1)), key
     for key in DETERMINISTIC_KEYS:
         assert history(run_id, key) == history(reference, key), key
     for key in ("best_epoch", "best_val_acc", "test_acc_at_best", "final_test_acc"):
@@ -104,41 +125,34 @@ def uninterrupted(tracking_server, image_folder) -> str:
 
 
 @pytest.mark.parametrize("how", ["--resume", "relaunch-with-MLFLOW_RUN_ID"])
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
+def test_sigkill_between_checkpoints_then_resume_matches_an_uninterrupted_run(
     how, image_folder, tracking, uninterrupted, monkeypatch
 ):
-    process = TrainingProcess(resumable_args(image_folder, tracking))
-    run_id = process.run_id()
-    wait_for_checkpoint(run_id, 1)
-    process.process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # nobody could mark it
-    # Epoch 1's metrics follow its checkpoint; the kill may land between the two (the resume
-    # then sends them). Epoch 2 must not have finished.
-    assert steps(run_id, "test_acc") in ([], [1]), "killed too late: epoch 2 had finished"
-
+    """Resumed from epoch 2's checkpoint, the run trains epoch 3 again (its metrics, already on
+    the server, are not sent twice) and epoch 4."""
+    run_id = killed_between_checkpoints(image_folder, tracking)
     if how == "--resume":
         result = train("train", "--resume", run_id)
     else:  # what `mlflow run --run-id RUN_ID` does: the same command, the run id in the env
         monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
-        result = train(*resumable_args(image_folder, tracking))
+        result = train(*resumable_args(image_folder, tracking, "--checkpoint-every", "2"))
     assert result.exit_code == 0, result.output
+    assert "epoch 3/4" in result.output and "epoch 2/4" not in result.output
     assert_same_as(run_id, uninterrupted)
-    assert MlflowClient().get_run(run_id).data.tags[RESUMED_TAG] == "1"
+    assert MlflowClient().get_run(run_id).data.tags[RESUMED_TAG] == "2"
 
 
 @on_both_stores
 def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
-    tracking, uninterrupted, tmp_path
+    tracking, uninterrupted, image_folder, tmp_path
 ):
     """A process can die after its checkpoint reached the server and before its metrics did.
-    Here the server is left in that state by hand: epoch 2's checkpoint (the reference run's own
-    file), epoch 1's metrics only. Resuming logs epoch 2 from the checkpoint and trains epoch 3."""
+    Here the server is left in that state by hand: epoch 2's checkpoint (a killed run's own
+    file), epoch 1's metrics only. Resuming logs epoch 2 from the checkpoint and trains 3 and 4."""
     client = MlflowClient()
-    reference = client.get_run(uninterrupted)
-    previous_slot = next(s for s in SLOTS if not reference.data.tags[CHECKPOINT_TAG].startswith(s))
+    killed = killed_between_checkpoints(image_folder, tracking)
     saved = client.download_artifacts(
-        uninterrupted, f"{previous_slot}/checkpoint.pt", str(tmp_path)
+        killed, client.get_run(killed).data.tags[CHECKPOINT_TAG], str(tmp_path)
     )
     assert checkpoint.load(saved)["epoch"] == 2
 
@@ -152,7 +166,7 @@ def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
             for step, v in history(uninterrupted, k)
             if step == 1
         ],
-        params=training_params(uninterrupted),
+        params=training_params(killed),  # the reference's settings, in this test's experiment
     )
     client.log_artifact(run_id, saved, SLOTS[0])
     client.set_tag(run_id, CHECKPOINT_TAG, f"{SLOTS[0]}/checkpoint.pt")
@@ -160,7 +174,7 @@ def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
 
     result = train("train", "--resume", run_id)
     assert result.exit_code == 0, result.output
-    assert "epoch 3/3" in result.output and "epoch 2/3" not in result.output
+    assert "epoch 3/4" in result.output and "epoch 2/4" not in result.output
     assert_same_as(run_id, uninterrupted)
 
 

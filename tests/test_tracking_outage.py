@@ -52,7 +52,9 @@ def proxy(mlflow_server, tracking, monkeypatch):
 
 def test_server_gone_mid_run_then_back_loses_and_doubles_nothing(proxy, tracking, image_folder):
     process = TrainingProcess(
-        tiny_train_args(image_folder, tracking, "--epochs", "3", *SMALL_RUN), env=QUICK_CLIENT
+        tiny_train_args(image_folder, tracking, "--epochs", "3", "--checkpoint-every", "1",
+                        *SMALL_RUN),
+        env=QUICK_CLIENT,
     )
     run_id = process.run_id()
     wait_for_checkpoint(run_id, 1)
@@ -93,7 +95,8 @@ def test_server_still_gone_after_training_fails_clearly_and_the_run_resumes_late
 
     cutter = threading.Thread(target=cut_after_epoch_1)
     cutter.start()
-    result = CliRunner().invoke(cli, tiny_train_args(image_folder, tracking, *SMALL_RUN))
+    args = tiny_train_args(image_folder, tracking, "--checkpoint-every", "1", *SMALL_RUN)
+    result = CliRunner().invoke(cli, args)
     cutter.join()
     [run_id] = run_ids
     assert result.exit_code == 1, result.output

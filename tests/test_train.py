@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.cli import cli
 from cifar_mlflow.core.data import as_model_input, load_cifar10
+from cifar_mlflow.tracking.outbox import CHECKPOINT_EPOCH_TAG, CHECKPOINT_TAG, SLOTS
 
 from .conftest import tiny_train_args
 
@@ -78,11 +79,12 @@ def test_train_records_everything(layout, request, tracking):
     assert metrics["test_acc_at_best"] == test_acc[best]  # reported, never used to choose
     assert metrics["final_test_acc"] == test_acc[2] and "best_test_acc" not in metrics
     assert metrics["model_params"] == 5706186
-    # Storage stays bounded: the two LoggedModels live with the models; the run holds the
-    # resume checkpoint, its figure and what the two predicted (tests/test_predictions.py).
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
-        "resume", "curves.png", "predictions"
-    }
+    # Storage stays bounded: the two LoggedModels live with the models; the default policy
+    # (5m) sent one checkpoint, after the last epoch (the first slot), removed once FINISHED;
+    # what the two predicted stays (tests/test_predictions.py).
+    assert run.data.tags[CHECKPOINT_EPOCH_TAG] == "2"
+    assert run.data.tags[CHECKPOINT_TAG].startswith(SLOTS[0])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"curves.png", "predictions"}
     models = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], output_format="list"
     )

@@ -40,6 +40,37 @@ CLASSES = (
 )  # fmt: skip
 
 
+TIME_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class CheckpointInterval:
+    """One of the two: a checkpoint every `epochs` epochs, or once `seconds` have passed since
+    the last one (looked at after each epoch)."""
+
+    epochs: int | None = None
+    seconds: float | None = None
+
+
+def checkpoint_interval(text: str) -> CheckpointInterval:
+    """`--checkpoint-every` read: a whole number of epochs (>= 1), or a time with its unit
+    ("90s", "5m", "1.5h"); a UserError otherwise."""
+    value = str(text).strip().lower()
+    try:
+        if value.isdigit() and int(value) >= 1:
+            return CheckpointInterval(epochs=int(value))
+        if value[-1:] in TIME_UNITS and float(value[:-1]) > 0:
+            seconds = float(value[:-1]) * TIME_UNITS[value[-1]]
+            if seconds < float("inf"):
+                return CheckpointInterval(seconds=seconds)
+    except ValueError:
+        pass
+    raise UserError(
+        f"--checkpoint-every {text!r} is neither a number of epochs (1, 2, ...) nor a time "
+        "with its unit (30s, 5m, 1h)"
+    )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "resnet18"
@@ -66,6 +97,9 @@ class TrainConfig:
     compile: bool = False
     experiment: str = DEFAULT_EXPERIMENT
     system_metrics: bool = True
+    # When training state is saved to resume from: after this long ("30s", "5m", "1h") or every
+    # N epochs ("1": each); always after the last epoch and when a signal stops the run.
+    checkpoint_every: str = "5m"
 
     def __post_init__(self) -> None:
         for field, names in CHOICES.items():
@@ -74,6 +108,7 @@ class TrainConfig:
                     f"unknown {field} {getattr(self, field)!r}: choose one of {', '.join(names)} "
                     f"(--{field})"
                 )
+        checkpoint_interval(self.checkpoint_every)
         if self.train_limit:  # without a limit, core.data checks the split once it has the data
             held_out_images(self.val_size, self.train_limit)
 
@@ -120,7 +155,8 @@ def batch_size_used(batch_size: int, train_images: int) -> int:
 
 
 # Fields that do not change what a run learns: the seed varies within a configuration; where a
-# run is filed and whether system metrics are sampled change nothing in the model.
-NOT_CONFIG = ("seed", "experiment", "system_metrics")
+# run is filed and whether system metrics are sampled change nothing in the model, and
+# when checkpoints are written does not either.
+NOT_CONFIG = ("seed", "experiment", "system_metrics", "checkpoint_every")
 # What defines a configuration (compare groups runs by these; a sweep adds the seed).
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_CONFIG)

@@ -2,8 +2,10 @@
 training goes on while the server is down, and read back to resume, so nothing is lost or doubled.
 
 The rules that make a resumed run's metric history hold each epoch exactly once:
-  * epoch k's metrics are sent only once a checkpoint of epoch k or later is on the server, so a
-    resume (which continues after the last checkpoint) never trains an epoch already logged;
+  * an epoch's metrics are sent as soon as it ends, checkpoint or not (checkpoints follow
+    `--checkpoint-every`); a resume trains again the epochs after its checkpoint, and what the
+    server already holds of them is not sent again (`logged_steps`; on a CPU the values are
+    bitwise the same);
   * a resume re-sends from the checkpoint's own history the epochs the server lacks (a process can
     die between sending a checkpoint and its metrics);
   * metrics keep the timestamp of their first sending: when a reply is lost and a batch is sent
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING
 import requests
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from .connection import RunRefused, TrackingError, http_status, is_permanent, tracking_uri
@@ -47,7 +50,8 @@ from .runs import get_run
 CHECKPOINT_TAG = "checkpoint_artifact"  # artifact path of the run's last complete checkpoint
 CHECKPOINT_EPOCH_TAG = "checkpoint_epoch"
 RESUMED_TAG = "resumed_after_epoch"
-SLOTS = ("resume/slot-0", "resume/slot-1")
+RESUME_FOLDER = "resume"
+SLOTS = (f"{RESUME_FOLDER}/slot-0", f"{RESUME_FOLDER}/slot-1")
 CHECKPOINT_FILE = "checkpoint.pt"
 RETRY_DELAYS = (1, 2, 4, 8, 15)  # seconds between tries while the server is down; then every 15 s
 # After the last epoch, wait this long for a server that is down (a restart takes ~20 s); after a
@@ -97,8 +101,9 @@ class Outbox:
     """Sends, in order, each epoch's checkpoint file and metrics to `run_id`, retrying until the
     server takes them. Use as a context manager: leaving it waits for everything to be sent."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, logged: frozenset[tuple[str, int]] = frozenset()):
         self.run_id = run_id
+        self.logged = logged  # (key, epoch) the server holds already: a resumed run's
         self.client = MlflowClient()
         current = get_run(run_id).data.tags.get(CHECKPOINT_TAG, "")
         self._slot = SLOTS[1] if current.startswith(SLOTS[0]) else SLOTS[0]
@@ -115,21 +120,40 @@ class Outbox:
         self._thread = threading.Thread(target=self._send_forever, name="outbox", daemon=True)
         self._thread.start()
 
-    def put(self, epoch: int, checkpoint: Path, metrics: dict[str, float]) -> None:
-        """Queue an epoch's checkpoint and metrics; raises RunRefused once the server has refused
-        the run (the checkpoint is then kept as the newest)."""
+    def put(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Queue an epoch's metrics (those the server lacks); raises RunRefused once the server
+        has refused the run."""
         timestamp = int(time.time() * 1000)
         with self._lock:
             if self._failure is not None:
                 raise self._failure
             if self._refusal is not None:
-                self._refusal = self._refused(_Checkpoint(epoch, checkpoint))
                 raise self._refusal
+            batch = [Metric(k, v, timestamp, epoch) for k, v in metrics.items()
+                     if (k, epoch) not in self.logged]  # fmt: skip
+            if batch:
+                self._metrics.append(batch)
+            self._lock.notify_all()
+
+    def put_checkpoint(self, epoch: int, checkpoint: Path) -> None:
+        """Queue an epoch's checkpoint file, replacing one not yet sent; called from any thread.
+        Once the server has refused the run, the file is kept as the newest instead (the
+        training raises the refusal at its next step)."""
+        with self._lock:
+            if self._refusal is not None:
+                # The training may have raised the refusal already: its message must say where
+                # this newer checkpoint is kept.
+                self._refusal.args = self._refused(_Checkpoint(epoch, checkpoint)).args
+                return
             stale, self._checkpoint = self._checkpoint, _Checkpoint(epoch, checkpoint)
-            self._metrics.append([Metric(k, v, timestamp, epoch) for k, v in metrics.items()])
             if stale is not None and stale is not self._sending:
                 stale.path.unlink(missing_ok=True)
             self._lock.notify_all()
+
+    def raise_refusal(self) -> None:
+        """Raise RunRefused if the server has refused the run."""
+        if self._refusal is not None:
+            raise self._refusal
 
     def guard(self, steps: Iterable) -> Iterator:
         """`steps` (an epoch's training steps), stopped by RunRefused at the first step after the
@@ -296,8 +320,12 @@ class Outbox:
         return None
 
     def _send(self, checkpoint: _Checkpoint | None, metrics: list[list[Metric]]) -> None:
-        """Everything in `metrics` belongs to `checkpoint`'s epoch or earlier (put() adds both
-        at once), so sending the checkpoint first keeps the order rule."""
+        """Metrics first: they are small, and what the MLflow UI shows while a run trains."""
+        for batch in metrics:
+            self.client.log_batch(self.run_id, metrics=batch)
+            with self._lock:
+                self._metrics = [b for b in self._metrics if b is not batch]
+                self._lock.notify_all()
         if checkpoint is not None:
             self.client.log_artifact(self.run_id, str(checkpoint.path), self._slot)
             artifact = f"{self._slot}/{checkpoint.path.name}"
@@ -315,11 +343,6 @@ class Outbox:
                     self._checkpoint = None
                 self._sending = None
                 checkpoint.path.unlink(missing_ok=True)
-                self._lock.notify_all()
-        for batch in metrics:
-            self.client.log_batch(self.run_id, metrics=batch)
-            with self._lock:
-                self._metrics = [b for b in self._metrics if b is not batch]
                 self._lock.notify_all()
 
 
@@ -342,17 +365,31 @@ def download_last_checkpoint(run_id: str, dest: Path) -> Path | None:
         ) from None
 
 
-def log_missing_epochs(run_id: str, history: list[EpochMetrics]) -> None:
-    """Send the epochs of a resumed run's checkpoint that the server lacks, and mark it resumed."""
+def logged_steps(run_id: str, keys: Iterable[str]) -> frozenset[tuple[str, int]]:
+    """(key, step) of each of `keys`' values the run holds already."""
     client = MlflowClient()
+    return frozenset((key, m.step) for key in keys for m in client.get_metric_history(run_id, key))
+
+
+def log_missing_epochs(
+    run_id: str, history: list[EpochMetrics], logged: frozenset[tuple[str, int]]
+) -> None:
+    """Send the epochs of a resumed run's checkpoint that the server lacks (`logged`: what it
+    holds), and mark it resumed."""
     timestamp = int(time.time() * 1000)
-    missing = []
-    for key in sorted({k for m in history for k in m.as_metrics()}):
-        logged = {m.step for m in client.get_metric_history(run_id, key)}
-        missing += [
-            Metric(key, m.as_metrics()[key], timestamp, m.epoch)
-            for m in history
-            if key in m.as_metrics() and m.epoch not in logged
-        ]
+    missing = [
+        Metric(key, value, timestamp, m.epoch)
+        for m in history
+        for key, value in sorted(m.as_metrics().items())
+        if (key, m.epoch) not in logged
+    ]
     tags = [RunTag(RESUMED_TAG, str(history[-1].epoch))]
-    client.log_batch(run_id, metrics=missing, tags=tags)
+    MlflowClient().log_batch(run_id, metrics=missing, tags=tags)
+
+
+def remove_checkpoints(run_id: str) -> None:
+    """Delete a finished run's resume checkpoints from its artifacts (its LoggedModels stay):
+    no one resumes a FINISHED run. MLflow's client has no call for it; the run's artifact
+    repository does (on a server, through its artifact proxy)."""
+    artifact_uri = get_run(run_id).info.artifact_uri
+    get_artifact_repository(artifact_uri).delete_artifacts(RESUME_FOLDER)

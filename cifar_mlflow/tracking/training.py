@@ -19,6 +19,8 @@ from .runs import RunSpec, get_run
 from .training_runs import TRAINED_BY, TRAINED_BY_TAG
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# Settings a run recorded before they existed: read back as their default.
+ADDED_LATER = ("checkpoint_every",)
 FACTOR_TAGS = ("model", "activation", "optimizer")  # compare and export select runs on these
 
 
@@ -83,7 +85,8 @@ def logged_config(run_id: str) -> TrainConfig:
     parse = {"str": str, "int": lambda s: int(float(s)), "float": float,
              "bool": lambda s: s.lower() == "true"}  # fmt: skip
     try:
-        return TrainConfig(**{f.name: parse[f.type](params[f.name]) for f in fields(TrainConfig)})
+        return TrainConfig(**{f.name: parse[f.type](params[f.name]) for f in fields(TrainConfig)
+                              if f.name in params or f.name not in ADDED_LATER})
     except (KeyError, ValueError) as e:
         raise TrackingError(
             f"run {run_id} was not recorded by `cifar-mlflow train` (param {e} missing or "

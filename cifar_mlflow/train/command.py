@@ -12,6 +12,7 @@ from ..core import config as cfg
 from ..core.config import DEFAULTS, TrainConfig
 from ..core.errors import UserError
 from ..options import (
+    CHECKPOINT_EVERY,
     EXPERIMENT_NAME,
     FRACTION,
     HELD_OUT,
@@ -74,6 +75,9 @@ CONFIG_OPTIONS = [
                  "run`, which chooses it)"),
     _option("system_metrics", type=click.BOOL,
             help="log CPU, memory and GPU utilisation alongside the run"),
+    _option("checkpoint_every", type=CHECKPOINT_EVERY,
+            help="save the state to resume from after this long (30s, 5m, 1h) or every N "
+                 "epochs; always after the last epoch and on SIGINT/SIGTERM"),
 ]  # fmt: skip
 NO_SYSTEM_METRICS = click.Option(["--no-system-metrics", "system_metrics"], flag_value=False,
                                  help="same as --system-metrics false")  # fmt: skip

@@ -3,15 +3,19 @@
 Order matters for failures: the config is validated by the CLI, then the tracking server and the
 data are checked, and only then is a run opened, so bad input never leaves a run behind.
 
-Crash safety (docs/reliability.md): after every epoch the whole training state is saved and
-handed to the outbox, which sends it with the epoch's metrics; a resumed run (`resume`, or the
-run `mlflow run` relaunches) restores the last checkpoint and trains only the epochs after it.
-SIGINT and SIGTERM stop the run after the current training step and mark it KILLED.
+Crash safety (docs/reliability.md): after every epoch its metrics go to the outbox, and the
+training state is copied off the device; as `--checkpoint-every` says, after the last epoch and
+when a signal stops the run, that state is written in the background and handed to the outbox
+too. A resumed run (`resume`, or the run `mlflow run` relaunches) restores the last checkpoint
+and trains only the epochs after it. SIGINT and SIGTERM stop the run after the current training
+step and mark it KILLED. A FINISHED run's checkpoints are removed from the server.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +50,8 @@ from ..tracking.outbox import (
     Outbox,
     download_last_checkpoint,
     log_missing_epochs,
+    logged_steps,
+    remove_checkpoints,
 )
 from ..tracking.predictions import Predictions, log_predictions
 from ..tracking.runs import (
@@ -61,6 +67,9 @@ from .events import runs_per_device
 from .summary import Summary, curves_figure
 
 CURVES_FIGURE = "curves.png"  # the run's artifact: its loss and accuracy per epoch
+EPOCH_KEYS = tuple(f.name for f in dataclasses.fields(EpochMetrics) if f.name != "epoch")
+
+_log = logging.getLogger(__name__)
 
 
 def resumed_config(run_id: str) -> TrainConfig:
@@ -97,7 +106,8 @@ def run_training(
         WriterLease() as lease,
     ):
         start = _prepare(config, resume, Path(tmp), lease)
-        recorder = EpochRecorder(Path(tmp), on_epoch, saved=start.epochs_done)
+        recorder = EpochRecorder(Path(tmp), on_epoch, config.checkpoint_every,
+                                 saved=start.epochs_done)  # fmt: skip
 
         def steps(batches, epoch: int) -> Iterable:
             batches = stop.steps(wrap(batches, epoch) if wrap else batches)
@@ -111,10 +121,18 @@ def run_training(
                 done, best = [], BestWeights()
                 if start.state:
                     done, best = checkpoint.restore(trainer, start.state)
-                facts = _record_start(opened, trainer, start.data, done, on_start)
-                with Outbox(opened) as outbox:
-                    recorder.start(trainer, done, best, outbox)
-                    result = trainer.fit(recorder, steps, done)
+                # A continued run may hold metrics of epochs after its checkpoint: kept, not resent.
+                logged = logged_steps(opened, EPOCH_KEYS) if start.run_id else frozenset()
+                facts = _record_start(opened, trainer, start.data, done, logged, on_start)
+                with (Outbox(opened, logged) as outbox,
+                      checkpoint.Writer(recorder.written) as writer):  # fmt: skip
+                    recorder.start(trainer, done, best, outbox, writer)
+                    try:
+                        result = trainer.fit(recorder, steps, done)
+                    except Interrupted:
+                        recorder.finish()  # the last epoch's state, to resume from
+                        raise
+                    recorder.finish()
                 training.log_summary_metrics(result.history, result.stopped_early, len(done))
                 run = get_run(opened)
                 summary = Summary(opened, run.info.run_name, config, facts, result.history,
@@ -130,8 +148,19 @@ def run_training(
             if opened:
                 e.add_note(_resume_hint(opened, recorder.saved))
             raise
+        _remove_checkpoints(opened)
         on_end(summary, ui_url(run.info.experiment_id, opened))
         return opened
+
+
+def _remove_checkpoints(run_id: str) -> None:
+    """A FINISHED run is never resumed: its checkpoints only cost space. Failing to remove them
+    does not fail the run."""
+    try:
+        remove_checkpoints(run_id)
+    except Exception as e:
+        _log.warning("run %s's resume checkpoints stay on the server (%s: %s)", run_id,
+                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -176,12 +205,13 @@ def _prepare(
 
 
 def _record_start(run_id: str, trainer: Trainer, data: Cifar10, done: list[EpochMetrics],
+                  logged: frozenset[tuple[str, int]],
                   on_start: Callable[[str, dict], None]) -> dict[str, object]:  # fmt: skip
     """The run's facts and data inputs (a resumed run has them; it gets the epochs its checkpoint
     holds that the server lacks), then tell the caller; returns the facts."""
     facts = _facts(trainer, data)
     if done:
-        log_missing_epochs(run_id, done)
+        log_missing_epochs(run_id, done, logged)
     else:
         training.log_facts(facts)
         log_inputs(run_datasets(data))
@@ -190,31 +220,55 @@ def _record_start(run_id: str, trainer: Trainer, data: Cifar10, done: list[Epoch
 
 
 class EpochRecorder:
-    """What happens after each epoch: the whole training state is saved to a file, handed with
-    the epoch's metrics to the outbox, and the caller is told."""
+    """What happens after each epoch: its metrics go to the outbox, the training state is copied
+    off the device and, when the policy says so, written in the background and handed to the
+    outbox; then the caller is told. `finish` writes the last epoch's state if it is not yet."""
 
-    def __init__(self, workdir: Path, on_epoch: Callable[[EpochMetrics], None], saved: int):
+    def __init__(self, workdir: Path, on_epoch: Callable[[EpochMetrics], None],
+                 checkpoint_every: str, saved: int):  # fmt: skip
         self.workdir, self.on_epoch = workdir, on_epoch
+        self.policy = checkpoint.Policy(checkpoint_every)
         self.saved = saved  # the last epoch whose checkpoint is written (0: none yet)
-        # (epoch, the trainer's predicted classes) of the latest and the best epoch evaluated
-        # in this process: the predictions logged at the end, without evaluating again.
-        self.latest = self.at_best = (0, {})
+        self.latest: dict | None = None  # the last epoch's state, off the device
+        self.spare: dict | None = None  # a state written already: its memory is copied into
+        # (epoch, the trainer's predicted classes) of the last and the best epoch evaluated in
+        # this process: the predictions logged at the end, without evaluating again.
+        self.predicted_last = self.predicted_at_best = (0, {})
 
-    def start(
-        self, trainer: Trainer, done: list[EpochMetrics], best: BestWeights, outbox: Outbox
-    ) -> None:
-        self.trainer, self.history, self.best, self.outbox = trainer, list(done), best, outbox
+    def start(self, trainer: Trainer, done: list[EpochMetrics], best: BestWeights,
+              outbox: Outbox, writer: checkpoint.Writer) -> None:  # fmt: skip
+        self.trainer, self.history, self.best = trainer, list(done), best
+        self.outbox, self.writer = outbox, writer
 
     def __call__(self, metrics: EpochMetrics) -> None:
         self.history.append(metrics)
-        self.latest = (metrics.epoch, self.trainer.predicted)
+        self.predicted_last = (metrics.epoch, self.trainer.predicted)
         if self.best.offer(metrics.epoch, metrics.val_acc, self.trainer.model):
-            self.at_best = self.latest
-        path = self.workdir / f"epoch-{metrics.epoch}" / CHECKPOINT_FILE
-        checkpoint.save(checkpoint.capture(self.trainer, self.history, self.best), path)
-        self.saved = metrics.epoch
-        self.outbox.put(metrics.epoch, path, metrics.as_metrics())
+            self.predicted_at_best = self.predicted_last
+        reuse, self.spare = self.latest or self.spare, None
+        self.latest = checkpoint.capture(self.trainer, self.history, self.best, reuse)
+        self.outbox.put(metrics.epoch, metrics.as_metrics())
+        if self.policy.due(metrics.epoch):
+            self._write()
         self.on_epoch(metrics)
+
+    def finish(self) -> None:
+        """Write the last epoch's state unless it is written, and wait for the writes."""
+        if self.latest is not None:
+            self._write()
+        self.writer.wait()
+        self.outbox.raise_refusal()
+
+    def _write(self) -> None:
+        path = self.workdir / f"epoch-{self.latest['epoch']}" / CHECKPOINT_FILE
+        self.writer.write(self.latest, path)  # a signal while it waits leaves `latest` to finish
+        self.latest = None
+        self.policy.saved()
+
+    def written(self, state: dict, path: Path) -> None:
+        """On the writer's thread: `state`'s file is whole."""
+        self.saved, self.spare = state["epoch"], state
+        self.outbox.put_checkpoint(state["epoch"], path)
 
 
 def _log_predictions(trainer: Trainer, recorder: EpochRecorder, data: Cifar10,
@@ -227,7 +281,7 @@ def _log_predictions(trainer: Trainer, recorder: EpochRecorder, data: Cifar10,
     if recorder.best.weights is not None:
         checkpoints["best"] = (recorder.best.epoch, recorder.best.weights)
     for name, (epoch, weights) in checkpoints.items():
-        kept = [p for e, p in (recorder.latest, recorder.at_best) if e == epoch]
+        kept = [p for e, p in (recorder.predicted_last, recorder.predicted_at_best) if e == epoch]
         predicted = kept[0] if kept else trainer.predictions_of(weights)
         arrays = {}
         for split, classes in predicted.items():
@@ -301,8 +355,8 @@ def _saved_state(
     if path is None:
         if required:
             raise UserError(
-                f"run {run_id} has no checkpoint: it stopped during its first epoch; start a "
-                "new run instead"
+                f"run {run_id} has no checkpoint: it stopped before its first was due "
+                "(--checkpoint-every); start a new run instead"
             )
         return None  # a run that `mlflow run` has just created
     artifact = get_run(run_id).data.tags.get(CHECKPOINT_TAG, CHECKPOINT_FILE)
