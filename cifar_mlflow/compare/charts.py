@@ -229,7 +229,8 @@ class ForestFigures(ReusedFigure):
         """`stats`: a stats.ComparisonStats."""
         comparison, ax = stats.comparison, self.ax
         self.title.set_text(title)
-        floor = (stats.floor or 0.0) * 100
+        # Paired on the same images, the single-accuracy floor does not apply.
+        floor = 0.0 if stats.image_level else (stats.floor or 0.0) * 100
         extent = [abs(v) * 100 for d in stats.differences
                   for v in (d.mean, d.low, d.high) if v is not None and math.isfinite(v)]  # fmt: skip
         reach = max([*extent, floor, 0.5]) * 1.1

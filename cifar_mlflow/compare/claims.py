@@ -158,7 +158,7 @@ def _difference(higher: Configuration, lower: Configuration, measure: Measure,
 
 
 def check(claim: Claim, configurations: list[Configuration],
-          images: ImageBootstrap | None = None, min_effect: float = MIN_EFFECT) -> Verdict:  # fmt: skip
+          images: ImageBootstrap | None = None, min_effect: float = MIN_EFFECT) -> Verdict:
     comparison = _comparison_for(claim, configurations)
     if comparison is None:
         needs = " and ".join(claim.needs) + (

@@ -134,7 +134,7 @@ def _beats(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def probability_of_improvement(a: Sequence[float], b: Sequence[float],
-                               resamples: int = RESAMPLES, seed: int = SEED) -> Improvement:  # fmt: skip
+                               resamples: int = RESAMPLES, seed: int = SEED) -> Improvement:
     xs, ys = np.asarray(a, float), np.asarray(b, float)
     p = float(_beats(xs, ys))
     if len(xs) < 2 or len(ys) < 2:

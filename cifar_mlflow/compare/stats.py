@@ -204,7 +204,7 @@ def reference_of(comparison: Comparison) -> tuple[Configuration | None, str]:
     validated = [c for c in comparison.configurations if all(r.validated for r in c.runs)]
     if not validated:
         return None, (f"none: the baseline {baseline} did not run, and without a validation "
-                      "split on every run nothing may choose one (the test set never does)")  # fmt: skip
+                      "split on every run nothing may choose one (the test set never does)")
     best = max(validated, key=lambda c: float(np.mean([r.best_val_acc for r in c.runs])))
     return best, (f"the best mean validation accuracy ({baseline}, the baseline, did not run)")
 

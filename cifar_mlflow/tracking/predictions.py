@@ -45,4 +45,4 @@ def load_predictions(run_id: str, checkpoint: str) -> Predictions | None:
     if test_pred is None or test_label is None or test_pred.shape != test_label.shape:
         return None
     return Predictions(test_pred, test_label, arrays.get("val_pred"), arrays.get("val_label"),
-                       str(arrays.get("test_digest", "")), str(arrays.get("val_digest", "")))  # fmt: skip
+                       str(arrays.get("test_digest", "")), str(arrays.get("val_digest", "")))
