@@ -154,7 +154,8 @@ def power(effect: float, sd: float, n: int, paired: bool, alpha: float) -> float
     df = n - 1 if paired else 2 * n - 2
     ncp = effect / sd * (math.sqrt(n) if paired else math.sqrt(n / 2))
     critical = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(critical, df, ncp) + stats.nct.cdf(-critical, df, ncp))
+    # The lower tail as the upper tail of −T: scipy's nct.cdf returns NaN far out in it.
+    return float(stats.nct.sf(critical, df, ncp) + stats.nct.sf(critical, df, -ncp))
 
 
 def seeds_needed(effect: float, sd: float, paired: bool, alpha: float,
