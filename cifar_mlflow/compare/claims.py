@@ -275,6 +275,8 @@ def needs_text(d: Difference, scale: float, unit: str) -> str:
     """'needs ≈ 9 seeds per side (for 0.50 pp)', or why it cannot be said."""
     if d.spread is None:
         return "seeds needed: unknown (one run a side: no seed-to-seed spread)"
+    if d.target is None:
+        return "seeds needed: no difference observed to size"
     if d.seeds_needed is None:
         return f"needs > 1000 seeds per side (for {d.target * scale:.2f} {unit})"
     return f"needs ≈ {d.seeds_needed} seeds per side (for {d.target * scale:.2f} {unit})"

@@ -112,6 +112,7 @@ def difference(
     improvement = probability_of_improvement(xs, ys) if xs and ys else None
     spread = seed_spread(xs, ys, paired)
     target = max(abs(measured.mean), min_effect) if math.isfinite(measured.mean) else None
+    target = target or None  # no difference observed and none of interest: nothing to size
     needed = seeds_needed(target, spread, paired, ALPHA) if spread is not None and target else None
     return replace(measured, image=image, improvement=improvement, seeds_needed=needed,
                    target=target if spread is not None else None, spread=spread)  # fmt: skip
