@@ -70,13 +70,15 @@ class ImageBootstrap:
         self._accuracies: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def weights(self, n: int) -> np.ndarray:
-        """(n, resamples) float32: how often each image is drawn in each resample."""
+        """(resamples, n) float32: how often each image is drawn in each resample."""
         if n not in self._weights:
             rng = np.random.default_rng([self.seed, n])
-            draws = rng.integers(0, n, (self.resamples, n), dtype=np.int64)
-            draws += np.arange(self.resamples)[:, None] * n
-            counts = np.bincount(draws.ravel(), minlength=self.resamples * n)
-            self._weights[n] = counts.reshape(self.resamples, n).T.astype(np.float32)
+            weights = np.empty((self.resamples, n), np.float32)
+            # measured: a bincount per resample took 0.6 s for 1000 x 10,000 images, one
+            # bincount over all of them 1.3 s (the offsets' array).
+            for row in weights:
+                row[:] = np.bincount(rng.integers(0, n, n), minlength=n)
+            self._weights[n] = weights
         return self._weights[n]
 
     def accuracies(self, correct: np.ndarray) -> np.ndarray:
@@ -84,7 +86,7 @@ class ImageBootstrap:
         key = id(correct)
         if key not in self._accuracies:  # the array is kept, so its id is not reused
             n = len(correct)
-            acc = correct.astype(np.float32) @ self.weights(n) / n
+            acc = self.weights(n) @ correct.astype(np.float32) / n
             self._accuracies[key] = (correct, acc.astype(float))
         return self._accuracies[key][1]
 
