@@ -199,7 +199,7 @@ def test_compare_end_to_end_one_run_a_side_then_three_seeds(mlflow_server, tmp_p
         assert row["floor"] == ""  # paired on the images: the single-accuracy floor is gone
         for text in (html, description):
             assert "McNemar p" in text and "P(A>B)" in text
-            assert "seeds needed: unknown (one run a side" in text
+            assert "seeds needed: unknown (one run on a side" in text
 
         for activation in ("relu", "gelu"):
             for seed in (1, 2):

@@ -267,14 +267,14 @@ def improvement_text(d: Difference) -> str:
     """'P(A>B) = 0.89 [0.56, 1.00]'; without an interval: 'P(A>B) = 1.00 (one pair)'."""
     i = d.improvement
     if i.low is None:
-        return f"P(A>B) = {i.p:.2f} (one pair: no interval)"
+        return f"P(A>B) = {i.p:.2f} (one run on a side: no interval)"
     return f"P(A>B) = {i.p:.2f} [{i.low:.2f}, {i.high:.2f}]"
 
 
 def needs_text(d: Difference, scale: float, unit: str) -> str:
     """'needs ≈ 9 seeds per side (for 0.50 pp)', or why it cannot be said."""
     if d.spread is None:
-        return "seeds needed: unknown (one run a side: no seed-to-seed spread)"
+        return "seeds needed: unknown (one run on a side: no seed-to-seed spread)"
     if d.target is None:
         return "seeds needed: no difference observed to size"
     if d.seeds_needed is None:
