@@ -5,7 +5,8 @@ the command line; this tree against an earlier commit (default: main), in the sa
     .venv/bin/python bench/bench_compare.py --before 9d2664b --tracking-uri http://127.0.0.1:5000
 
 Logs two studies of 100 runs each through the trainer's tracking functions (tracking.runs,
-tracking.training; the epochs as cifar_mlflow.testing.runs logs them):
+tracking.training; the epochs as cifar_mlflow.testing.runs logs them), each run with its
+per-image predictions on 10,000 test images at `best` and `final` (the `predictions` tag):
   - "study": the study's grid (grids/study.yaml: 7 configurations, 3 comparison charts) with 14
     seeds, 16 for the shared baseline;
   - "factorial": 2 models x 4 activations x 3 optimizers x 4 seeds, plus 4 seeds at lr 0.1
@@ -18,7 +19,8 @@ Then, on the same server:
     --before into a temporary folder, first on PYTHONPATH) and this tree's, alternated, REPEATS
     rounds: `cifar-mlflow compare` as a user runs it, and the report alone (`write_report`:
     every figure drawn and every file written, timed after the runs are fetched);
-  - this tree's `run_compare` step by step: search, fetch, then drawing while uploading
+  - this tree's `run_compare` step by step: search, fetch (histories and predictions), the
+    predictions alone (200 files on job.PREDICTION_THREADS threads), then drawing while uploading
     (compare's way) against drawing first and uploading after, alternated;
   - `cifar-mlflow --help`.
 It starts its server with cifar_mlflow.testing.server and imports nothing from tests/.
@@ -47,17 +49,18 @@ from mlflow.tracking import MlflowClient
 
 from cifar_mlflow.compare import job, report
 from cifar_mlflow.core.files import atomic_write
-from cifar_mlflow.testing.runs import log_synthetic_run
+from cifar_mlflow.testing.runs import fabricated_outcomes, log_synthetic_run
 from cifar_mlflow.testing.server import MlflowServer
 from cifar_mlflow.tracking import connection, history, records
 from cifar_mlflow.tracking.runs import JOB_TAG, RunSpec, tracked_run
 from cifar_mlflow.tracking.training_runs import Selection, SelectionError, training_runs
 
 EPOCHS = 40
+TEST_IMAGES = 10_000
 TARGET_SECONDS = 10.0
 REPEATS = 3
 UPLOAD_PHASES = ("draw, then upload", "draw while uploading (compare)")
-PHASES = ("search", "fetch", *UPLOAD_PHASES)
+PHASES = ("search", "fetch", "predictions", *UPLOAD_PHASES)
 # Run in a fresh process with a tree's package first on the path: the report alone, timed after
 # the runs are read. It reaches tracking through compare's job module (connection,
 # training_runs, Selection, load_records), which holds those names at either commit.
@@ -114,9 +117,11 @@ def log_design(experiment: str, grid: list[dict]) -> None:
     if logged_runs(experiment) == len(grid):
         return
     started = time.perf_counter()
-    for options in grid:
+    for number, options in enumerate(grid):
         quality = 0.1 if options.get("activation") == "gelu" else 0.0
-        log_synthetic_run(experiment, quality, epochs=EPOCHS, **options)
+        outcomes = {c: fabricated_outcomes(0.6 + quality, TEST_IMAGES, 2 * number + i)
+                    for i, c in enumerate(("best", "final"))}  # fmt: skip
+        log_synthetic_run(experiment, quality, epochs=EPOCHS, outcomes=outcomes, **options)
     print(f"{experiment}: logged {len(grid)} runs in {time.perf_counter() - started:.0f} s",
           file=sys.stderr)  # fmt: skip
 
@@ -217,6 +222,7 @@ def phases(experiment: str, workdir: Path) -> dict[str, dict]:
     timings = {}
     timings["search"], runs = timed(lambda: training_runs(Selection(experiment)))
     timings["fetch"], loaded = timed(lambda: job.load_records(runs))
+    timings["predictions"], _ = timed(lambda: job.load_outcomes(runs))
 
     def draw_then_upload() -> None:
         folder = Path(tempfile.mkdtemp(dir=workdir))

@@ -85,8 +85,10 @@ def test_effective_config_spells_values_one_way():
               "experiment": "x", "model_params": "11173962"}  # fmt: skip
     tags = {"model": "resnet18", "activation": "relu", "optimizer": "sgd"}
     config = effective_config(params, tags)
+    # A run logged without an init param was trained with Kaiming initialisation.
     assert config == {"model": "resnet18", "activation": "relu", "optimizer": "sgd",
-                      "lr": "0.01", "epochs": "40", "compile": "False"}  # fmt: skip
+                      "lr": "0.01", "epochs": "40", "compile": "False", "init": "kaiming"}  # fmt: skip
+    assert effective_config({**params, "init": "torch-default"}, tags)["init"] == "torch-default"
     momentum = effective_config(
         {**params, "optimizer": "momentum"}, {**tags, "optimizer": "momentum"}
     )

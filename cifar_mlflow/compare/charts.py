@@ -229,9 +229,11 @@ class ForestFigures(ReusedFigure):
         """`stats`: a stats.ComparisonStats."""
         comparison, ax = stats.comparison, self.ax
         self.title.set_text(title)
-        floor = (stats.floor or 0.0) * 100
-        extent = [abs(v) * 100 for d in stats.differences
-                  for v in (d.mean, d.low, d.high) if v is not None and math.isfinite(v)]  # fmt: skip
+        # Paired on the same images, the single-accuracy floor does not apply.
+        floor = 0.0 if stats.image_level else (stats.floor or 0.0) * 100
+        ends = [(d.mean, d.low, d.high, *((d.image.low, d.image.high) if d.image else ()))
+                for d in stats.differences]  # fmt: skip
+        extent = [abs(v) * 100 for row in ends for v in row if v is not None and math.isfinite(v)]
         reach = max([*extent, floor, 0.5]) * 1.1
         ticks = MaxNLocator(LABELS, symmetric=True, steps=ROUND).tick_values(-reach, reach)
         ax.set_xlim(float(ticks[0]), float(ticks[-1]))
@@ -246,12 +248,17 @@ class ForestFigures(ReusedFigure):
             if d.low is not None:
                 drawn += ax.plot([d.low * 100, d.high * 100], [row, row], color=colour,
                                  linewidth=2.5)  # fmt: skip
+            if d.image:  # paired on the same images: a thin bar just below
+                drawn += ax.plot([d.image.low * 100, d.image.high * 100], [row + 0.2] * 2,
+                                 color=colour, linewidth=1)  # fmt: skip
             if math.isfinite(d.mean):
                 drawn += ax.plot([d.mean * 100], [row], marker="o", markersize=8, color=colour,
                                  markerfacecolor=colour if d.low is not None else "white")  # fmt: skip
             drawn.append(ax.text(1.03, row, forest_text(d), va="center",
                                  transform=ax.get_yaxis_transform()))  # fmt: skip
         note = "dot: mean difference over seeds; bar: its 95% CI; hollow: n = 1, no interval"
+        if any(d.image for d in stats.differences):
+            note += "; thin bar: 95% CI paired on the same test images"
         if floor:
             note += f"; grey: test-set sampling floor ±{floor:.2f} pp (n_test = {stats.n_test})"
         self.note.set_text(note)
@@ -264,7 +271,8 @@ def forest_text(d) -> str:
         return "not measured"
     text = f"{d.mean * 100:+.2f} pp"
     if d.low is None:
-        return f"{text}, n = 1"
+        mcnemar = d.image and d.image.p_holm is not None
+        return f"{text}, n = 1" + (f", McNemar p = {d.image.p_holm:.2g}" if mcnemar else "")
     p = "p undefined" if d.p_holm is None else f"p (Holm) = {d.p_holm:.2g}"
     return f"{text} [{d.low * 100:.2f}, {d.high * 100:.2f}], {p} (n {d.n})"
 

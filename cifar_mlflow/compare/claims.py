@@ -4,7 +4,9 @@ A claim is a set of contrasts, "value A beats value B on a measure", within one 
 the study (for each factor, the comparison holding the values the claim needs with the most
 runs; ties to the first). A contrast *holds* when its difference goes the claimed way and its
 Holm-corrected p-value (stats.difference; Holm within the claim) is below ALPHA, and *fails*
-when it goes the other way with such a p-value. The verdict: *supported* when every contrast
+when it goes the other way with such a p-value: the verdict rests on seeds, never on one pair of
+runs, so McNemar's test on the images of two runs (paired.py) and P(A > B) are shown beside a
+contrast but do not decide it. The verdict: *supported* when every contrast
 holds, *contradicted* when one fails, *not enough evidence* otherwise (n = 1 gives no p-value),
 *not run* when no comparison has the values. Claim (g) is a non-inferiority claim with its own
 rule, stated beside it.
@@ -25,7 +27,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .stats import ALPHA, Difference, difference, with_holm
+from .paired import ImageBootstrap
+from .stats import ALPHA, MIN_EFFECT, Difference, difference, with_holm
 from .study import Comparison, Configuration, RunRecord, find_comparisons
 
 SUPPORTED, CONTRADICTED, UNCLEAR, NOT_RUN = (
@@ -42,10 +45,13 @@ class Measure:
     of: Callable[[RunRecord], float]
     scale: float  # to the unit shown
     unit: str
+    # An accuracy: the checkpoint whose per-image outcomes it is measured on (and --min-effect
+    # applies to it); None for the other measures.
+    checkpoint: Callable[[RunRecord], str] | None = None
 
 
-ACCURACY = Measure("accuracy", lambda r: r.headline, 100.0, "pp")
-FINAL = Measure("final accuracy", lambda r: r.final_test_acc, 100.0, "pp")
+ACCURACY = Measure("accuracy", lambda r: r.headline, 100.0, "pp", lambda r: r.headline_checkpoint)
+FINAL = Measure("final accuracy", lambda r: r.final_test_acc, 100.0, "pp", lambda r: "final")
 SPEED = Measure("epochs to 90%", lambda r: r.epochs_to_90, 1.0, "epochs")
 FLUCTUATION = Measure("fluctuation", lambda r: r.late_fluctuation, 100.0, "pp")
 SECONDS = Measure("seconds per epoch", lambda r: r.seconds_per_epoch, 1.0, "s")
@@ -84,6 +90,20 @@ class Claim:
 
 
 _RULE = f"each difference in the claimed direction with Holm-corrected p < {ALPHA:g}"
+# How the verdicts are reached, said once in the report.
+VERDICT_RULE = (
+    f"A contrast holds when its mean difference over seeds goes the claimed way with a "
+    f"Holm-corrected t-test p < {ALPHA:g} (Holm within the claim), and fails when it goes the "
+    f"other way with such a p; a claim is supported when every contrast holds, contradicted "
+    f"when one fails, otherwise not enough evidence. P(A > B) (the probability that a run of A "
+    f"beats a run of B, over every pair of runs, ties half; 95% percentile bootstrap interval) "
+    f"and the image-level evidence (McNemar's exact test with one run a side, a two-level "
+    f"paired bootstrap with seeds) stand beside the numbers and do not change a verdict. Where "
+    f"a contrast is undecided, 'needs ≈ N seeds per side' is what a t-test at α = {ALPHA:g} "
+    f"(before Holm) would need for 80% power against the observed difference or the smallest "
+    f"difference of interest (--min-effect, for accuracies), whichever is larger, at the "
+    f"observed seed-to-seed spread."
+)
 ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 CLAIMS = (
     Claim("a", "Sigmoid is the worst activation.", "activation", ("sigmoid",), ACTIVATIONS,
@@ -124,11 +144,21 @@ CLAIMS = (
 )  # fmt: skip
 
 
-def check_claims(configurations: list[Configuration]) -> list[Verdict]:
-    return [check(claim, configurations) for claim in CLAIMS]
+def check_claims(configurations: list[Configuration], images: ImageBootstrap | None = None,
+                 min_effect: float = MIN_EFFECT) -> list[Verdict]:  # fmt: skip
+    images = images or ImageBootstrap()
+    return [check(claim, configurations, images, min_effect) for claim in CLAIMS]
 
 
-def check(claim: Claim, configurations: list[Configuration]) -> Verdict:
+def _difference(higher: Configuration, lower: Configuration, measure: Measure,
+                labels: tuple[str, str], images: ImageBootstrap | None,
+                min_effect: float) -> Difference:  # fmt: skip
+    return difference(higher.runs, lower.runs, measure.of, labels, measure.checkpoint, images,
+                      min_effect if measure.checkpoint else 0.0)  # fmt: skip
+
+
+def check(claim: Claim, configurations: list[Configuration],
+          images: ImageBootstrap | None = None, min_effect: float = MIN_EFFECT) -> Verdict:
     comparison = _comparison_for(claim, configurations)
     if comparison is None:
         needs = " and ".join(claim.needs) + (
@@ -139,10 +169,11 @@ def check(claim: Claim, configurations: list[Configuration]) -> Verdict:
                        [f"no {claim.factor} comparison of {needs}{at}"], None)  # fmt: skip
     arms = _arms(comparison)
     if claim.letter == "g":
-        return _check_ghost(claim, comparison, arms)
+        return _check_ghost(claim, comparison, arms, images, min_effect)
     contrasts = claim.contrasts(set(arms))
     differences = with_holm([
-        difference(arms[c.higher].runs, arms[c.lower].runs, c.measure.of, (c.higher, c.lower))
+        _difference(arms[c.higher], arms[c.lower], c.measure, (c.higher, c.lower), images,
+                    min_effect)
         for c in contrasts
     ])  # fmt: skip
     holds = [_significant(d) and d.mean > 0 for d in differences]
@@ -153,11 +184,11 @@ def check(claim: Claim, configurations: list[Configuration]) -> Verdict:
     return Verdict(claim.letter, claim.text, claim.rule, verdict, evidence, comparison, brief)
 
 
-def _check_ghost(claim: Claim, comparison: Comparison, arms: dict) -> Verdict:
+def _check_ghost(claim: Claim, comparison: Comparison, arms: dict,
+                 images: ImageBootstrap | None, min_effect: float) -> Verdict:  # fmt: skip
     ghost, resnet = arms["ghost_resnet18"], arms["resnet18"]
-    [d] = with_holm(
-        [difference(ghost.runs, resnet.runs, ACCURACY.of, ("ghost_resnet18", "resnet18"))]
-    )
+    [d] = with_holm([_difference(ghost, resnet, ACCURACY, ("ghost_resnet18", "resnet18"),
+                                 images, min_effect)])  # fmt: skip
     evidence = [_evidence(ACCURACY, d)]
     if not (ghost.model_params and resnet.model_params):
         return Verdict(claim.letter, claim.text, claim.rule, UNCLEAR,
@@ -185,18 +216,70 @@ def _evidence(measure: Measure, d: Difference, short: bool = False) -> str:
 
 
 def describe_difference(d: Difference, scale: float, unit: str, short: bool = False) -> str:
-    """'+1.23 pp, 95% CI [0.40, 2.06], p = 0.012 (Holm), paired t-test by seed, n 3 vs 3';
-    short: '+1.23 pp [0.40, 2.06], p 0.012'."""
+    """'+1.23 pp, 95% CI [0.40, 2.06], p = 0.012 (Holm), paired t-test by seed, n 3 vs 3', then
+    the image-level evidence, P(A > B) and the seeds needed where undecided; short: '+1.23 pp
+    [0.40, 2.06], p 0.012; …'."""
     if not math.isfinite(d.mean):
         return f"not measured (n {d.n})"
     text = f"{d.mean * scale:+.2f} {unit}"
     if d.low is None:
-        return f"{text}, n = 1" if short else f"{text}, no interval: n = 1 (n {d.n})"
-    interval = f"[{d.low * scale:.2f}, {d.high * scale:.2f}]"
+        text += ", n = 1" if short else f", no interval: n = 1 (n {d.n})"
+    else:
+        interval = f"[{d.low * scale:.2f}, {d.high * scale:.2f}]"
+        if short:
+            text += f" {interval}, p {'—' if d.p_holm is None else f'{d.p_holm:.2g}'}"
+        else:
+            p = "p undefined (no spread)" if d.p_holm is None else f"p = {d.p_holm:.3g} (Holm)"
+            text += f", 95% CI {interval}, {p}, {d.test}, n {d.n}"
+    return "; ".join([text, *extra_evidence(d, scale, unit, short)])
+
+
+def extra_evidence(d: Difference, scale: float, unit: str, short: bool = False) -> list[str]:
+    """The image-level evidence, P(A > B) and the seeds needed, as phrases."""
+    parts = []
+    if d.image:
+        parts.append(image_text(d.image, scale, unit, short))
+    if d.improvement:
+        parts.append(improvement_text(d))
+    if not d.decided:
+        parts.append(needs_text(d, scale, unit))
+    return parts
+
+
+def image_text(e, scale: float, unit: str, short: bool = False) -> str:
+    """'McNemar p = 0.003 (Holm) on 10000 images (41 vs 12 discordant)' or 'images: paired
+    bootstrap 95% CI [0.11, 0.52] pp (1000 resamples, seeds then images)'."""
+    if e.p is not None:
+        p = e.p_holm if e.p_holm is not None else e.p
+        if short:
+            return f"McNemar p {p:.2g}"
+        b, c = e.discordant
+        return (f"McNemar p = {p:.3g} (Holm) on {e.n_images} images ({b} vs {c} discordant; "
+                f"paired 95% CI [{e.low * scale:.2f}, {e.high * scale:.2f}] {unit})")  # fmt: skip
+    interval = f"[{e.low * scale:.2f}, {e.high * scale:.2f}]"
     if short:
-        return f"{text} {interval}, p {'—' if d.p_holm is None else f'{d.p_holm:.2g}'}"
-    p = "p undefined (no spread)" if d.p_holm is None else f"p = {d.p_holm:.3g} (Holm)"
-    return f"{text}, 95% CI {interval}, {p}, {d.test}, n {d.n}"
+        return f"paired bootstrap {interval}"
+    return (f"paired bootstrap 95% CI {interval} {unit} ({e.resamples} resamples, seeds then "
+            f"{e.n_images} images)")  # fmt: skip
+
+
+def improvement_text(d: Difference) -> str:
+    """'P(A>B) = 0.89 [0.56, 1.00]'; without an interval (one run on a side): 'P(A>B) = 1.00 (…)'."""
+    i = d.improvement
+    if i.low is None:
+        return f"P(A>B) = {i.p:.2f} (one run on a side: no interval)"
+    return f"P(A>B) = {i.p:.2f} [{i.low:.2f}, {i.high:.2f}]"
+
+
+def needs_text(d: Difference, scale: float, unit: str) -> str:
+    """'needs ≈ 9 seeds per side (for 0.50 pp)', or why it cannot be said."""
+    if d.spread is None:
+        return "seeds needed: unknown (one run on a side: no seed-to-seed spread)"
+    if d.target is None:
+        return "seeds needed: no difference observed to size"
+    if d.seeds_needed is None:
+        return f"needs > 1000 seeds per side (for {d.target * scale:.2f} {unit})"
+    return f"needs ≈ {d.seeds_needed} seeds per side (for {d.target * scale:.2f} {unit})"
 
 
 def _arms(comparison: Comparison) -> dict[str, Configuration]:

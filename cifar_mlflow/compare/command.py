@@ -23,14 +23,19 @@ DEFAULT_OUTPUT_DIR = "outputs/compare"
               help="count RUNNING, FAILED and KILLED runs too (`--include-unfinished` alone: true)")  # fmt: skip
 @click.option("--output-dir", type=click.Path(file_okay=False), default=DEFAULT_OUTPUT_DIR,
               show_default=True, help="where the charts, table and report.md are written")  # fmt: skip
-def compare(experiment, filter_string, sweep, include_unfinished, output_dir) -> None:
+@click.option("--min-effect", type=click.FloatRange(min=0, min_open=True), default=0.5,
+              show_default=True, metavar="PP",
+              help="the smallest accuracy difference of interest, in percentage points: an "
+                   "undecided difference says how many seeds per side would detect it")  # fmt: skip
+def compare(experiment, filter_string, sweep, include_unfinished, output_dir,
+            min_effect) -> None:  # fmt: skip
     """Chart and tabulate the training runs of an experiment, and log it all to a compare run."""
     from ..tracking.runs import get_run, ui_url
     from ..tracking.training_runs import Selection
     from .job import run_compare
 
     selection = Selection(experiment, filter_string, sweep, include_unfinished)
-    run_id, counts = run_compare(selection, output_dir)
+    run_id, counts = run_compare(selection, output_dir, min_effect=min_effect / 100)
     url = ui_url(get_run(run_id).info.experiment_id, run_id)
     click.echo(
         f"compared {counts['runs']} runs in {counts['configurations']} configurations "

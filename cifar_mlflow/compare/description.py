@@ -68,10 +68,14 @@ def _differences(sections: Mapping[str, Sequence[Section]]) -> list[Block]:
     blocks: list[Block] = []
     for factor in FACTORS:
         for s in sections[factor]:
+            if s.stats.reference is None:
+                blocks.append(paragraph(f"**{factor.capitalize()}** ({s.context}): no reference:"
+                                        f" {s.stats.chosen}."))  # fmt: skip
+                continue
             reference = s.comparison.label(s.stats.reference)
             lines = [f"{d.value} − {d.reference}: {describe_difference(d, 100.0, 'pp')}"
                      for d in s.stats.differences]  # fmt: skip
-            if s.stats.floor:
+            if s.stats.floor and not s.stats.image_level:
                 lines.append(f"test-set sampling floor at {reference}: ±{s.stats.floor * 100:.2f}"
                              f" pp (n_test = {s.stats.n_test})")  # fmt: skip
             blocks += [paragraph(f"**{factor.capitalize()}** ({s.context}), against {reference}:"),

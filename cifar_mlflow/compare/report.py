@@ -21,13 +21,15 @@ from .charts import (
     RunPages,
     factor_colours,
 )  # fmt: skip
-from .claims import Verdict, check_claims
+from .claims import VERDICT_RULE, Verdict, check_claims, image_text, needs_text
 from .description import TITLE, describe_compare
 from .document import Block, Heading, Image, Link, Table, paragraph, table, to_html, to_markdown
-from .stats import ComparisonStats, comparison_stats
+from .paired import RESAMPLES, ImageBootstrap
+from .stats import MIN_EFFECT, ComparisonStats, comparison_stats
 from .study import (
     FACTORS,
     HEADLINE_NAMES,
+    QUIET_FACTORS,
     TABLE_CONFIG_KEYS,
     Comparison,
     Configuration,
@@ -130,16 +132,30 @@ def write_differences(sections: Mapping[str, list[Section]], folder: Path) -> No
     with open(folder / "differences.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["factor", "comparison", "value", "reference", "n_value", "n_reference",
-                         "mean", "ci_low", "ci_high", "p", "p_holm", "test", "floor", "n_test"])  # fmt: skip
+                         "mean", "ci_low", "ci_high", "p", "p_holm", "test", "floor", "n_test",
+                         "image_test", "image_n", "image_mean", "image_ci_low", "image_ci_high",
+                         "mcnemar_p", "mcnemar_p_holm", "discordant_value", "discordant_reference",
+                         "resamples", "p_improvement", "p_improvement_low", "p_improvement_high",
+                         "seeds_needed", "seeds_needed_for", "seed_spread"])  # fmt: skip
         for factor, factor_sections in sections.items():
             for s in factor_sections:
                 for d in s.stats.differences:
-                    writer.writerow([
+                    e, i = d.image, d.improvement
+                    floor = None if s.stats.image_level else s.stats.floor
+                    writer.writerow(_blank(
                         factor, s.context, d.value, d.reference, d.n_value, d.n_reference,
-                        d.mean, *("" if v is None else v for v in (d.low, d.high, d.p, d.p_holm)),
-                        d.test, "" if s.stats.floor is None else s.stats.floor,
-                        s.stats.n_test or "",
-                    ])  # fmt: skip
+                        d.mean, d.low, d.high, d.p, d.p_holm, d.test, floor, s.stats.n_test,
+                        *((e.test, e.n_images, e.mean, e.low, e.high, e.p, e.p_holm,
+                           *(e.discordant or (None, None)), e.resamples) if e else [None] * 10),
+                        *((i.p, i.low, i.high) if i else (None,) * 3),
+                        None if d.decided else d.seeds_needed,
+                        None if d.decided else d.target, d.spread,
+                    ))  # fmt: skip
+
+
+def _blank(*values: object) -> list[object]:
+    """A CSV row: None (not measured, not applicable) as an empty cell."""
+    return ["" if v is None else v for v in values]
 
 
 @dataclass(frozen=True)
@@ -165,14 +181,17 @@ def write_report(
     runs: list[RunRecord], folder: Path, selection: str, written: Written = lambda path: None,
     file_href: RunHref = lambda run: None, ui_href: RunHref = lambda run: None,
     artifact_href: Callable[[str], str | None] = lambda path: None,
+    min_effect: float = MIN_EFFECT,
 ) -> Report:  # fmt: skip
     """Everything compare writes, into `folder`: comparisons/*.png, runs/*.png, table.md,
     table.csv, differences.csv, report.md and report.html, each handed to `written` once whole
     (compare uploads them while the rest is drawn). Runs link to `file_href` in the files and to
     `ui_href` in the summary (the MLflow UI's own links work there); `artifact_href` is where a
     logged file opens from the MLflow UI (whose Markdown views resolve a relative link against
-    the UI's root, not the file's folder)."""
+    the UI's root, not the file's folder). `min_effect`: the smallest accuracy difference of
+    interest (a fraction), for the seeds an undecided difference needs."""
     configurations = group_configurations(runs)
+    images = ImageBootstrap()  # the image resamples, drawn once for every difference
     # Titles name the factors held fixed, lr and epochs, and whatever else differs in the study.
     context_keys = [*TABLE_CONFIG_KEYS, *varying_keys(configurations)]
     config_table = write_table(table_rows(configurations), folder)
@@ -181,12 +200,13 @@ def write_report(
     # One process draws. measured: two (half the figures drawn in a spawned process) were slower
     # on this shared 2-core machine, 6.7-6.9 s against 5.9-6.1 s for the factorial report of
     # bench/bench_compare.py at load 4.
-    sections = _draw_comparisons(configurations, context_keys, folder, written)
+    sections = _draw_comparisons(configurations, context_keys, folder, written, images,
+                                 min_effect)  # fmt: skip
     write_differences(sections, folder)
     written(folder / "differences.csv")
     contents = Contents(
-        intro=_intro(runs, configurations, selection), config_table=config_table,
-        sections=sections, verdicts=check_claims(configurations),
+        intro=_intro(runs, configurations, selection, min_effect), config_table=config_table,
+        sections=sections, verdicts=check_claims(configurations, images, min_effect),
         runs_table=_runs_table(configurations, file_href),
         run_pages=_draw_runs(configurations, context_keys, folder, written),
     )  # fmt: skip
@@ -254,8 +274,10 @@ def _files_paragraph(artifact_href: Callable[[str], str | None]) -> Block:
     return paragraph(*parts, ".")
 
 
-def _intro(runs: list[RunRecord], configurations: list[Configuration], selection: str):
+def _intro(runs: list[RunRecord], configurations: list[Configuration], selection: str,
+           min_effect: float):  # fmt: skip
     kind = headline_kind(runs)
+    with_images = sum(bool(r.outcomes) for r in runs)
     return [
         paragraph(f"{selection}: {len(runs)} training runs in {len(configurations)} "
                   "configurations."),
@@ -266,25 +288,44 @@ def _intro(runs: list[RunRecord], configurations: list[Configuration], selection
                   "seeds, else Welch's t-test; p-values Holm-corrected within each comparison; "
                   "with one run on a side, no interval (n = 1). In the curves, "
                   f"{BAND_NOTE}."),
+        paragraph(f"Image-level evidence: {with_images} of {len(runs)} runs logged their outcome "
+                  "on each test image (at the checkpoint the headline is judged at). Where every "
+                  "run of both sides did, on the same test set (same digest), a difference is "
+                  "also judged image by image: McNemar's exact test on the discordant images "
+                  "with one run a side (Holm-corrected within the comparison); with more runs, "
+                  f"a two-level paired bootstrap (seeds, then images; {RESAMPLES} resamples, "
+                  "seeded) 95% CI of the accuracy difference. Other differences rest on the "
+                  "runs' accuracies alone, beside the test-set sampling floor of one accuracy. "
+                  "P(A>B): the probability that a run of the value beats a run of the reference, "
+                  "over every pair of runs (ties half), with a 95% percentile bootstrap interval "
+                  f"({RESAMPLES} resamples). Seeds needed (undecided differences): per side, for "
+                  "a t-test at α = 0.05 to detect the observed difference or the smallest "
+                  f"difference of interest ({min_effect * 100:g} pp, --min-effect), whichever is "
+                  "larger, with 80% power, at the observed seed-to-seed spread. The reference "
+                  "of a comparison is the study's baseline value; where it did not run, the "
+                  "configuration with the best mean validation accuracy, else none: the test "
+                  "set chooses nothing."),
     ]  # fmt: skip
 
 
 def _draw_comparisons(
-    configurations: list[Configuration], context_keys: list[str], folder: Path, written: Written
-) -> dict[str, list[Section]]:
+    configurations: list[Configuration], context_keys: list[str], folder: Path, written: Written,
+    images: ImageBootstrap, min_effect: float,
+) -> dict[str, list[Section]]:  # fmt: skip
     """Every comparison's curves and forest plot, by factor."""
     (folder / "comparisons").mkdir()
     colours = factor_colours(configurations)
     return {
         factor: _draw_factor(factor, configurations, colours[factor], context_keys, folder,
-                             written)
+                             written, images, min_effect)
         for factor in FACTORS
     }  # fmt: skip
 
 
 def _draw_factor(
     factor: str, configurations: list[Configuration], colours: dict[str, str],
-    context_keys: list[str], folder: Path, written: Written,
+    context_keys: list[str], folder: Path, written: Written, images: ImageBootstrap,
+    min_effect: float,
 ) -> list[Section]:  # fmt: skip
     """The curves and forest plot of each of one factor's comparisons."""
     comparisons = find_comparisons(configurations, factor)
@@ -299,16 +340,18 @@ def _draw_factor(
         if comparison.qualifier:
             context += f" · {comparison.qualifier}"
         name = f"comparisons/{factor}__{slug(context)}"
-        stats = comparison_stats(comparison)
+        stats = comparison_stats(comparison, images, min_effect)
         figures.save(comparison, f"{factor.capitalize()} comparison: {context}",
                      folder / f"{name}.png")  # fmt: skip
         written(folder / f"{name}.png")
-        forests.save(stats, f"{factor.capitalize()}: difference from "
-                     f"{comparison.label(stats.reference)} · {context}", colours,
-                     folder / f"{name}__differences.png")  # fmt: skip
-        written(folder / f"{name}__differences.png")
-        sections.append(Section(comparison, context, stats, f"{name}.png",
-                                f"{name}__differences.png"))  # fmt: skip
+        forest = ""
+        if stats.reference is not None:
+            forest = f"{name}__differences.png"
+            forests.save(stats, f"{factor.capitalize()}: difference from "
+                         f"{comparison.label(stats.reference)} · {context}", colours,
+                         folder / forest)  # fmt: skip
+            written(folder / forest)
+        sections.append(Section(comparison, context, stats, f"{name}.png", forest))
     return sections
 
 
@@ -316,15 +359,23 @@ def _differences_table(stats: ComparisonStats) -> Table:
     rows = []
     for d in stats.differences:
         interval = "—" if d.low is None else f"[{d.low * 100:.2f}, {d.high * 100:.2f}]"
+        i = d.improvement
+        improvement = "—" if i is None else f"{i.p:.2f}" + (
+            "" if i.low is None else f" [{i.low:.2f}, {i.high:.2f}]")  # fmt: skip
         rows.append((
             f"{d.value} − {d.reference}", d.n, f"{d.mean * 100:+.2f}", interval,
             "—" if d.p is None else f"{d.p:.3g}", "—" if d.p_holm is None else f"{d.p_holm:.3g}",
-            d.test,
+            d.test, image_text(d.image, 100.0, "pp") if d.image else "— (no per-image outcomes)",
+            improvement, "decided" if d.decided else needs_text(d, 100.0, "pp"),
         ))  # fmt: skip
-    return table(("difference", "n", "mean (pp)", "95% CI (pp)", "p", "p (Holm)", "test"), rows)
+    return table(("difference", "n", "mean (pp)", "95% CI (pp)", "p", "p (Holm)", "test",
+                  "on the same images", "P(A>B) [95% CI]", "seeds needed"), rows)  # fmt: skip
 
 
 def _floor_text(stats: ComparisonStats) -> str:
+    if stats.image_level:
+        return ("Every difference above is paired on the same test images, so the sampling "
+                "floor of one accuracy does not apply to it.")  # fmt: skip
     if stats.floor is None:
         return "Test-set sampling floor: not known (the runs did not log test_images)."
     return (
@@ -344,11 +395,18 @@ def _tuned_text(comparison: Comparison) -> str:
 def _factor_blocks(factor: str, sections: list[Section]) -> list[Block]:
     blocks: list[Block] = [Heading(2, f"{factor.capitalize()} comparisons")]
     if not sections:
+        if factor in QUIET_FACTORS:
+            return []
         return [*blocks, paragraph(f"No two configurations differ only in the {factor}.")]
     for s in sections:
         blocks += [Heading(3, s.context), Image(s.chart, f"{factor} comparison, {s.context}")]
         if s.comparison.tuned:
             blocks.append(paragraph(_tuned_text(s.comparison)))
+        if s.stats.reference is None:
+            blocks.append(paragraph(f"No differences: reference {s.stats.chosen}."))
+            continue
+        if not s.stats.chosen.startswith("the study's baseline"):
+            blocks.append(paragraph(f"Reference: {s.stats.chosen}."))
         blocks += [
             paragraph(f"Against {s.comparison.label(s.stats.reference)}, headline test accuracy:"),
             _differences_table(s.stats), paragraph(_floor_text(s.stats)),
@@ -373,7 +431,7 @@ def _claims_blocks(verdicts: list[Verdict], context_keys: list[str]) -> list[Blo
         "stable); seconds per epoch = mean epoch wall time. Each claim is checked within one "
         "comparison: the one holding the values it needs with the most runs."
     )
-    return [paragraph(measures),
+    return [paragraph(measures), paragraph(VERDICT_RULE),
             table(("claim", "verdict", "rule", "numbers", "comparison"), rows)]  # fmt: skip
 
 

@@ -11,16 +11,21 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.config import ACTIVATION_NAMES, CONFIG_KEYS, DEFAULTS, MODEL_NAMES, OPTIMIZERS
 from ..core.selection import best_epoch
 
-FACTORS = ("activation", "optimizer", "model")
+FACTORS = ("activation", "optimizer", "model", "init")
+# A factor the report shows only where two configurations differ in it.
+QUIET_FACTORS = ("init",)
+# Runs logged without an `init` param were trained with Kaiming initialisation.
+INIT_UNLOGGED = "kaiming"
 # Known values in registry order: fixes the sort order of rows and each value's colour.
-FACTOR_VALUES = {"activation": ACTIVATION_NAMES, "optimizer": OPTIMIZERS, "model": MODEL_NAMES}
+FACTOR_VALUES = {"activation": ACTIVATION_NAMES, "optimizer": OPTIMIZERS, "model": MODEL_NAMES,
+                 "init": ("torch-default", "kaiming")}  # fmt: skip
 TABLE_CONFIG_KEYS = ("model", "activation", "optimizer", "lr", "epochs")
 
 
@@ -37,6 +42,15 @@ class Curve:
 
 
 EMPTY_CURVE = Curve(np.zeros(0, int), np.zeros(0))
+
+
+@dataclass(frozen=True, eq=False)
+class Outcomes:
+    """A checkpoint's outcome on each test image (True: right), in the test set's order, and the
+    test set's digest: two runs are compared image by image only when their digests agree."""
+
+    correct: np.ndarray  # bool
+    digest: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +71,7 @@ class RunRecord:
     test_images: int | None = None  # the test set's size (param test_images), for its noise
     tuned_from: str | None = None  # the tune whose learning rate this run used (tag tuned_from)
     experiment_id: str = ""
+    outcomes: Mapping[str, Outcomes] = field(default_factory=dict)  # by checkpoint: best, final
 
     def curve(self, key: str) -> Curve:
         return self.history.get(key, EMPTY_CURVE)
@@ -71,6 +86,18 @@ class RunRecord:
         val = self.curve("val_acc")
         best = best_epoch(zip(val.epochs.tolist(), val.values.tolist()))
         return best.epoch if best else int(self.curve("test_acc").epochs[-1])
+
+    @property
+    def headline_checkpoint(self) -> str:
+        """The checkpoint the headline is measured at: `best` with validation, else `final`."""
+        return "best" if self.validated else "final"
+
+    @property
+    def best_val_acc(self) -> float:
+        """Validation accuracy at the selected epoch (NaN without validation)."""
+        val = self.curve("val_acc")
+        found = np.flatnonzero(val.epochs == self.selected_epoch) if self.validated else []
+        return float(val.values[found[0]]) if len(found) else float("nan")
 
     @property
     def headline(self) -> float:
@@ -198,6 +225,7 @@ def effective_config(params: Mapping[str, str], tags: Mapping[str, str]) -> dict
     unless the momentum optimizer is used: the others ignore it, so it must not split them."""
     config = {k: _canonical(k, params[k]) for k in CONFIG_KEYS if k in params}
     config.update({k: tags[k] for k in FACTORS if k in tags})
+    config["init"] = params.get("init") or tags.get("init") or INIT_UNLOGGED
     if config.get("optimizer") != "momentum":
         config.pop("momentum", None)
     return config
@@ -222,7 +250,7 @@ def _sort_key(config: Mapping[str, str]) -> tuple:
             return (1, float(value), "")
         return (2, 0.0, value)
 
-    columns = [*TABLE_CONFIG_KEYS, *sorted(set(CONFIG_KEYS) - set(TABLE_CONFIG_KEYS))]
+    columns = [*TABLE_CONFIG_KEYS, *sorted(set(_config_keys()) - set(TABLE_CONFIG_KEYS))]
     return tuple(order(k, config[k]) if k in config else (3, 0.0, "") for k in columns)
 
 
@@ -257,9 +285,14 @@ def varying_keys(configurations: Iterable[Configuration]) -> list[str]:
     """Config keys beyond TABLE_CONFIG_KEYS whose values differ between configurations."""
     values: dict[str, set] = defaultdict(set)
     for configuration in configurations:
-        for key in CONFIG_KEYS:
+        for key in _config_keys():
             values[key].add(configuration.config.get(key))
-    return [k for k in CONFIG_KEYS if k not in TABLE_CONFIG_KEYS and len(values[k]) > 1]
+    return [k for k in _config_keys() if k not in TABLE_CONFIG_KEYS and len(values[k]) > 1]
+
+
+def _config_keys() -> tuple[str, ...]:
+    """TrainConfig's keys, and init (a factor even where TrainConfig has no such key)."""
+    return CONFIG_KEYS if "init" in CONFIG_KEYS else (*CONFIG_KEYS, "init")
 
 
 # Per-configuration statistics in the table (mean and std over runs). max_test_acc is the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Mapping
 
 import mlflow
 import numpy as np
@@ -15,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from ..core.config import TrainConfig
 from ..core.engine import EpochMetrics
 from ..tracking import training
+from ..tracking.predictions import Predictions, log_predictions
 from ..tracking.runs import tracked_run
 
 MODEL_PARAMS = {"resnet18": 11173962, "ghost_resnet18": 5706186}
@@ -42,12 +44,33 @@ def fabricated_history(config: TrainConfig, quality: float = 0.0) -> list[EpochM
     return history
 
 
+CLASSES = 10
+SYNTHETIC_DIGEST = "synthetic-test-set"
+
+
+def fabricated_outcomes(accuracy: float, images: int, seed: int) -> np.ndarray:
+    """Per-image outcomes (True: right) of a model of about `accuracy`."""
+    return np.random.default_rng(seed).random(images) < accuracy
+
+
+def log_outcomes(run_id: str, outcomes: Mapping[str, np.ndarray],
+                 digest: str = SYNTHETIC_DIGEST) -> None:  # fmt: skip
+    """Each checkpoint's outcomes as a training run logs its predictions: test labels cycling
+    through the classes, the prediction the label where right and the next class where wrong."""
+    for checkpoint, correct in outcomes.items():
+        labels = (np.arange(len(correct)) % CLASSES).astype(np.uint8)
+        predicted = np.where(correct, labels, (labels + 1) % CLASSES).astype(np.uint8)
+        log_predictions(checkpoint, Predictions(predicted, labels, digest), run_id=run_id)
+
+
 def log_synthetic_run(
     experiment: str, quality: float = 0.0, status: str = "FINISHED",
-    tags: dict[str, str] | None = None, **config: object,
+    tags: dict[str, str] | None = None, outcomes: Mapping[str, np.ndarray] | None = None,
+    **config: object,
 ) -> str:  # fmt: skip
     """Log a training run with fabricated epochs (4 unless `epochs` says otherwise); `status`
-    FAILED leaves it failed after two epochs. Returns its run id."""
+    FAILED leaves it failed after two epochs; `outcomes` ({checkpoint: per-image outcomes}):
+    logged as its predictions. Returns its run id."""
     config = TrainConfig(experiment=experiment, system_metrics=False, **{"epochs": 4, **config})
     history = fabricated_history(config, quality)
     run_id = None
@@ -57,6 +80,8 @@ def log_synthetic_run(
                                 "model_flops": 1})  # fmt: skip
             mlflow.set_tags(tags or {})
             log_epochs(run_id, history[: 2 if status == "FAILED" else None])
+            if outcomes:
+                log_outcomes(run_id, outcomes)
             if status == "FAILED":
                 raise RuntimeError("a crash mid-run")
             training.log_summary_metrics(history)

@@ -98,12 +98,13 @@ def checkpoints(tags: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(name for name in tags.get(TAG, "").split(",") if name)
 
 
-def load_predictions(run_id: str, checkpoint: str) -> Predictions | None:
+def load_predictions(run_id: str, checkpoint: str, listed: bool = False) -> Predictions | None:
     """The predictions the run logged for `checkpoint`; None for a run that logged none for it
-    (a run made before runs logged them: its run-level metrics are all there is). Raises
+    (a run made before runs logged them: its run-level metrics are all there is). `listed`: the
+    caller has read the run's tag already (no request to read it again). Raises
     PredictionsUnreadable for a file that is not a predictions file."""
     client = MlflowClient()
-    if checkpoint not in checkpoints(client.get_run(run_id).data.tags):
+    if not listed and checkpoint not in checkpoints(client.get_run(run_id).data.tags):
         return None
     artifact = f"{ARTIFACT_DIR}/{checkpoint}.npz"
     with tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
