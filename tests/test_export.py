@@ -33,6 +33,7 @@ from cifar_mlflow.testing.server import LocalServer
 from cifar_mlflow.tracking.models import load_model
 from cifar_mlflow.tracking.registry import RegistryError, register
 from cifar_mlflow.tracking.serving import log_served_model
+from cifar_mlflow.tracking.training_runs import TRAINED_BY, TRAINED_BY_TAG
 
 from .conftest import PROJECT_ROOT, free_port, tiny_train_args, tracking_on
 
@@ -69,7 +70,8 @@ def make_run(experiment_id: str, model: str, status: str, checkpoints: dict, **t
     """A run of `model` with LoggedModels named like training's: {"best": {"val_acc": ...,
     "test_acc": ...}, "final": {...}}, their metrics linked to them as training's are."""
     client = MlflowClient()
-    run = client.create_run(experiment_id, tags={"model": model, **tags})
+    tags = {"model": model, TRAINED_BY_TAG: TRAINED_BY, **tags}  # as training tags its runs
+    run = client.create_run(experiment_id, tags=tags)
     now = int(time.time() * 1000)
     for step, (name, metrics) in enumerate(checkpoints.items(), 1):
         logged = client.create_logged_model(experiment_id, name, run.info.run_id,
@@ -297,7 +299,7 @@ def test_export_evaluates_the_champion_with_scikit_learn(study, exported, tmp_pa
         experiment_ids=[run.info.experiment_id], output_format="list")
         if m.model_id == exported.version.tags["checkpoint_model_id"]]  # fmt: skip
     linked = {m.key: m for m in model.metrics}
-    assert linked["test_macro_f1"].value == pytest.approx(numbers["macro_f1"])
+    assert linked["test_macro_f1"].value == pytest.approx(numbers["macro_f1"], rel=1e-5)  # a tag: 6 digits
     assert linked["test_macro_f1"].dataset_name == "cifar10-test"
     # The registry's pages say what the model and this version are, and how to load it.
     client = MlflowClient()

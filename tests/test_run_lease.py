@@ -44,7 +44,8 @@ def held_run(experiment: str, claim: str | None = None, heartbeat: str | None = 
 
 @pytest.mark.slow
 def test_two_resumes_of_one_killed_run_at_once_exactly_one_trains(image_folder, tracking):
-    args = tiny_train_args(image_folder, tracking, "--epochs", "3", "--seed", "5", *SMALL_RUN)
+    args = tiny_train_args(image_folder, tracking, "--epochs", "3", "--seed", "5", *SMALL_RUN,
+                           "--checkpoint-every", "1")  # fmt: skip
     killed = TrainingProcess(args)
     run_id = killed.run_id()
     wait_for_checkpoint(run_id, 1)
