@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -73,12 +75,16 @@ def test_what_a_node_cannot_reach_is_refused_in_one_line(
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    started = RayCluster(Path(tmp_path_factory.mktemp("ray-cluster")), workers=2)
+def cluster():
+    # A short folder of its own: Ray's sockets live below it, and a socket's path may not exceed
+    # 107 bytes (pytest's own temporary folders can be deeper than that leaves room for).
+    root = Path(tempfile.mkdtemp(prefix="ray-"))
+    started = RayCluster(root, workers=2)
     try:
         yield started
     finally:
         started.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path, *extra: str,

@@ -65,7 +65,9 @@ def test_runs_racing_for_a_dataset_row_all_get_their_inputs(tracking, monkeypatc
             log_inputs(datasets)
 
     for round_ in range(ROUNDS):
-        run_ids, errors = race(client.create_experiment(f"{tracking}-{round_}"), log)
+        experiment_id = client.create_experiment(f"{tracking}-{round_}")
+        mlflow.set_experiment(experiment_id=experiment_id)  # start_run(run_id) checks it
+        run_ids, errors = race(experiment_id, log)
         assert errors == []
         for run_id in run_ids:
             inputs = client.get_run(run_id).inputs.dataset_inputs

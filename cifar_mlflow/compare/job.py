@@ -64,35 +64,39 @@ def load_outcomes(runs: list[Run]) -> dict[str, dict[str, Outcomes]]:
     (`best` with validation, else `final`), for the runs whose `predictions` tag lists it,
     downloaded in parallel; a file that cannot be read is left out, with a warning. measured:
     both checkpoints (for the final-accuracy claims too) took 11 s for 100 runs under load."""
-    wanted = []
-    for run in runs:
-        checkpoint = "best" if "val_acc" in run.data.metrics else "final"
-        if checkpoint in checkpoints(run.data.tags):
-            wanted.append((run.info.run_id, checkpoint))
-    outcomes: dict[str, dict[str, Outcomes]] = {}
+    wanted = [
+        (run, checkpoint)
+        for run in runs
+        for checkpoint in ["best" if "val_acc" in run.data.metrics else "final"]
+        if checkpoint in checkpoints(run.data.tags)
+    ]
     if not wanted:
-        return outcomes
+        return {}
 
-    def load(key: tuple[str, str]) -> Predictions | None:
+    def load(key: tuple[Run, str]) -> Predictions | None:
         try:
-            return load_predictions(*key, listed=True)
+            return load_predictions(*key)
         except PredictionsUnreadable as e:
             warnings.warn(f"{e}: compared on its run-level metrics only", stacklevel=1)
             return None
 
+    outcomes: dict[str, dict[str, Outcomes]] = {}
     with ThreadPoolExecutor(min(PREDICTION_THREADS, len(wanted))) as pool:
-        for (run_id, checkpoint), predictions in zip(wanted, pool.map(load, wanted)):
+        for (run, checkpoint), predictions in zip(wanted, pool.map(load, wanted)):
             if predictions is not None:
-                outcomes.setdefault(run_id, {})[checkpoint] = Outcomes(
+                outcomes.setdefault(run.info.run_id, {})[checkpoint] = Outcomes(
                     predictions.correct("test"), predictions.test_digest)
     return outcomes
 
 
 def load_records(runs: list[Run]) -> list[RunRecord]:
     """RunRecords of the runs that logged at least one epoch (a run killed at start has none),
-    with their per-image outcomes where they logged them."""
-    histories = fetch_histories([r.info.run_id for r in runs], HISTORY_KEYS)
-    outcomes = load_outcomes([r for r in runs if "test_acc" in histories.get(r.info.run_id, {})])
+    with their per-image outcomes where they logged them (downloaded while the histories are
+    fetched: both wait on the server)."""
+    with ThreadPoolExecutor(1) as side:
+        outcomes_of = side.submit(load_outcomes, runs)
+        histories = fetch_histories([r.info.run_id for r in runs], HISTORY_KEYS)
+        outcomes = outcomes_of.result()
     records = []
     for run in runs:
         history = histories.get(run.info.run_id, {})

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -98,21 +99,25 @@ def checkpoints(tags: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(name for name in tags.get(TAG, "").split(",") if name)
 
 
-def load_predictions(run_id: str, checkpoint: str, listed: bool = False) -> Predictions | None:
-    """The predictions the run logged for `checkpoint`; None for a run that logged none for it
-    (a run made before runs logged them: its run-level metrics are all there is). `listed`: the
-    caller has read the run's tag already (no request to read it again). Raises
-    PredictionsUnreadable for a file that is not a predictions file."""
-    client = MlflowClient()
-    if not listed and checkpoint not in checkpoints(client.get_run(run_id).data.tags):
+def load_predictions(run: str | Run, checkpoint: str) -> Predictions | None:
+    """The predictions the run (its id, or the run as read already: no request to read it
+    again) logged for `checkpoint`; None for a run that logged none for it (a run made before
+    runs logged them: its run-level metrics are all there is). Raises PredictionsUnreadable for
+    a file that is not a predictions file."""
+    if isinstance(run, str):
+        run = MlflowClient().get_run(run)
+    if checkpoint not in checkpoints(run.data.tags):
         return None
     artifact = f"{ARTIFACT_DIR}/{checkpoint}.npz"
+    what = f"run {run.info.run_id}'s {artifact}"
     with tempfile.TemporaryDirectory(prefix="cifar-mlflow-") as tmp:
         try:
-            path = client.download_artifacts(run_id, artifact, tmp)
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{run.info.artifact_uri}/{artifact}", dst_path=tmp
+            )
         except (MlflowException, OSError) as e:
-            raise PredictionsUnreadable(f"run {run_id}'s {artifact} cannot be read: {e}") from None
-        return read_file(Path(path), f"run {run_id}'s {artifact}")
+            raise PredictionsUnreadable(f"{what} cannot be read: {e}") from None
+        return read_file(Path(path), what)
 
 
 def read_file(path: Path, what: str) -> Predictions:
