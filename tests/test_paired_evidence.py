@@ -117,6 +117,11 @@ def test_probability_of_improvement_counts_pairs_with_ties_half():
     assert improvement.resamples == 1000
     one = probability_of_improvement([0.9], [0.8])
     assert (one.p, one.low, one.high) == (1.0, None, None)
+    # Three runs a side that all beat the other three: every resample agrees, so the percentile
+    # interval would be the point itself; none is given, and the reason names the runs.
+    apart = probability_of_improvement([0.5, 0.6, 0.7], [0.1, 0.2, 0.3])
+    assert (apart.p, apart.low, apart.high) == (1.0, None, None)
+    assert "3 vs 3 runs" in apart.no_interval
 
 
 def test_a_difference_is_judged_on_the_images_where_every_run_logged_them():

@@ -264,10 +264,10 @@ def image_text(e, scale: float, unit: str, short: bool = False) -> str:
 
 
 def improvement_text(d: Difference) -> str:
-    """'P(A>B) = 0.89 [0.56, 1.00]'; without an interval (one run on a side): 'P(A>B) = 1.00 (…)'."""
+    """'P(A>B) = 0.89 [0.56, 1.00]'; without an interval: 'P(A>B) = 1.00 (why none)'."""
     i = d.improvement
     if i.low is None:
-        return f"P(A>B) = {i.p:.2f} (one run on a side: no interval)"
+        return f"P(A>B) = {i.p:.2f} ({i.no_interval})"
     return f"P(A>B) = {i.p:.2f} [{i.low:.2f}, {i.high:.2f}]"
 
 

@@ -120,12 +120,14 @@ def _seed_level(accuracies: np.ndarray, picks: np.ndarray, columns: np.ndarray) 
 
 @dataclass(frozen=True)
 class Improvement:
-    """P(a run of A beats a run of B), with its bootstrap interval (None: one run a side)."""
+    """P(a run of A beats a run of B), with its bootstrap interval (None: `no_interval` says
+    why)."""
 
     p: float
     low: float | None
     high: float | None
     resamples: int | None
+    no_interval: str = ""
 
 
 def _beats(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -140,7 +142,12 @@ def probability_of_improvement(a: Sequence[float], b: Sequence[float],
     xs, ys = np.asarray(a, float), np.asarray(b, float)
     p = float(_beats(xs, ys))
     if len(xs) < 2 or len(ys) < 2:
-        return Improvement(p, None, None, None)
+        return Improvement(p, None, None, None, "one run on a side: no interval")
+    if p in (0.0, 1.0):
+        # Every run of one side beats every run of the other: each resample of them does too,
+        # so the percentile interval is the point itself, a certainty that few runs do not give.
+        return Improvement(p, None, None, None, f"every pair of runs agrees: no interval from "
+                                                f"{len(xs)} vs {len(ys)} runs")  # fmt: skip
     result = stats.bootstrap((xs, ys), _beats, n_resamples=resamples, method="percentile",
                              confidence_level=CONFIDENCE, vectorized=True,
                              random_state=np.random.default_rng(seed))  # fmt: skip
