@@ -25,6 +25,7 @@ from cifar_mlflow.cli import cli
 from cifar_mlflow.compare.charts import (
     ComparisonFigures,
     ForestFigures,
+    PngWriter,
     RunPages,
     factor_colours,
     forest_text,
@@ -197,43 +198,56 @@ def test_figures_show_bands_bars_the_floor_n_1_and_every_run(tmp_path):
     adam = record("adam", optimizer="adam")
     configurations = group_configurations([*relu, gelu, *ghost, diverged, adam])
     colours = factor_colours(configurations)
-    [activations] = find_comparisons(configurations, "activation")
-    curves = ComparisonFigures("activation", colours["activation"])
-    curves.save(activations, "title", tmp_path / "curves.png")
-    accuracy = curves.curve_axes[0]
-    assert len(accuracy.lines) == 3 and len(accuracy.collections) == 1  # relu alone has 2 runs
-    assert [t.get_text() for t in curves.figure.legends[0].get_texts()] == [
-        "relu (n=2)", "gelu (n=1)", "sigmoid (n=1)"]  # fmt: skip
-    [models] = find_comparisons(configurations, "model")
-    bars = ComparisonFigures("model", colours["model"])
-    bars.save(models, "title", tmp_path / "models.png")
-    assert [len(ax.patches) for ax in bars.bar_axes] == [2, 2, 2]
-    assert [t.get_text() for t in bars.bar_axes[0].texts] == ["11.17M", "11.17M"]
+    written = []
+    with PngWriter(written.append) as png:
+        [activations] = find_comparisons(configurations, "activation")
+        curves = ComparisonFigures("activation", colours["activation"], png)
+        curves.save(activations, "title", tmp_path / "curves.png")
+        accuracy = curves.curve_axes[0]
+        # relu alone has 2 runs
+        assert len(accuracy.lines) == 3 and len(accuracy.collections) == 1
+        assert [t.get_text() for t in curves.figure.legends[0].get_texts()] == [
+            "relu (n=2)", "gelu (n=1)", "sigmoid (n=1)"]  # fmt: skip
+        [models] = find_comparisons(configurations, "model")
+        bars = ComparisonFigures("model", colours["model"], png)
+        bars.save(models, "title", tmp_path / "models.png")
+        assert [len(ax.patches) for ax in bars.bar_axes] == [2, 2, 2]
+        assert [t.get_text() for t in bars.bar_axes[0].texts] == ["11.17M", "11.17M"]
 
-    stats = comparison_stats(activations)
-    forest = ForestFigures(2)
-    forest.save(stats, "title", colours["activation"], tmp_path / "forest.png")
-    [floor] = forest.ax.patches
-    assert floor.get_x() == pytest.approx(-stats.floor * 100) and stats.floor > 0
-    dots = [line for line in forest.ax.lines if line.get_marker() == "o"]
-    assert [d.get_markerfacecolor() for d in dots] == ["white", "white"]  # n = 1 each
-    assert [t.get_text() for t in forest.ax.texts] == [forest_text(d) for d in stats.differences]
+        stats = comparison_stats(activations)
+        forest = ForestFigures(2, png)
+        forest.save(stats, "title", colours["activation"], tmp_path / "forest.png")
+        [floor] = forest.ax.patches
+        assert floor.get_x() == pytest.approx(-stats.floor * 100) and stats.floor > 0
+        dots = [line for line in forest.ax.lines if line.get_marker() == "o"]
+        assert [d.get_markerfacecolor() for d in dots] == ["white", "white"]  # n = 1 each
+        rows = [forest_text(d) for d in stats.differences]
+        assert [t.get_text() for t in forest.ax.texts] == rows
 
-    pages = RunPages()
-    columns = [(str(number), c) for number, c in enumerate(configurations, 1)]
-    pages.save(columns[:4], tmp_path / "runs-1.png")
-    shown = [ax for ax in pages.grid.flat if ax.get_visible()]
-    assert len(shown) == 8 and all(len(ax.lines) >= 3 for ax in shown)  # train, val, test
-    relu_accuracy = pages.grid[0, 0]  # both runs judged at epoch 2, their best validation
-    assert list(relu_accuracy.lines[-1].get_xdata()) == [2, 2]
-    notes = [t.get_text() for ax in pages.grid[1] for t in ax.texts]
-    assert notes == ["seed 3: loss off the\nscale, up to inf"]
-    pages.save(columns[4:], tmp_path / "runs-2.png")  # ghost_resnet18's page: the last
-    assert sum(ax.get_visible() for ax in pages.grid.flat) == 2
-    assert [t for ax in pages.grid.flat for t in ax.texts] == []  # the first page's are gone
-    for png in tmp_path.glob("*.png"):
-        with Image.open(png) as image:
-            assert image.width >= 1000 and image.height > 200, png
+        pages = RunPages(png)
+        columns = [(str(number), c) for number, c in enumerate(configurations, 1)]
+        pages.save(columns[:4], tmp_path / "runs-1.png")
+        shown = [ax for ax in pages.grid.flat if ax.get_visible()]
+        assert len(shown) == 8 and all(len(ax.lines) >= 3 for ax in shown)  # train, val, test
+        relu_accuracy = pages.grid[0, 0]  # both runs judged at epoch 2, their best validation
+        assert list(relu_accuracy.lines[-1].get_xdata()) == [2, 2]
+        notes = [t.get_text() for ax in pages.grid[1] for t in ax.texts]
+        assert notes == ["seed 3: loss off the\nscale, up to inf"]
+        pages.save(columns[4:], tmp_path / "runs-2.png")  # ghost_resnet18's page: the last
+        assert sum(ax.get_visible() for ax in pages.grid.flat) == 2
+        assert [t for ax in pages.grid.flat for t in ax.texts] == []  # the first page's are gone
+    # each file handed on once whole, from the writer's thread
+    assert sorted(written) == sorted(tmp_path.glob("*.png")) and len(written) == 5
+    for path in written:
+        with Image.open(path) as image:
+            assert image.width >= 1000 and image.height > 200, path
+
+
+def test_a_figure_that_cannot_be_written_fails_the_block_and_is_handed_on_to_no_one(tmp_path):
+    written = []
+    with pytest.raises(FileNotFoundError), PngWriter(written.append) as png:
+        png(RunPages(png).figure, tmp_path / "gone" / "page.png")
+    assert written == []
 
 
 # --- real runs on the real server ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from .charts import (
     CONFIGURATIONS_PER_PAGE,
     ComparisonFigures,
     ForestFigures,
+    PngWriter,
     RunPages,
     factor_colours,
 )  # fmt: skip
@@ -197,18 +198,20 @@ def write_report(
     config_table = write_table(table_rows(configurations), folder)
     written(folder / "table.csv")
     written(folder / "table.md")
-    # One process draws. measured: two (half the figures drawn in a spawned process) were slower
-    # on this shared 2-core machine, 6.7-6.9 s against 5.9-6.1 s for the factorial report of
-    # bench/bench_compare.py at load 4.
-    sections = _draw_comparisons(configurations, context_keys, folder, written, images,
-                                 min_effect)  # fmt: skip
-    write_differences(sections, folder)
-    written(folder / "differences.csv")
+    # One process draws (a thread encodes). measured: two (half the figures drawn in a spawned
+    # process) were slower on this shared 2-core machine, 6.7-6.9 s against 5.9-6.1 s for the
+    # factorial report of bench/bench_compare.py at load 4.
+    with PngWriter(written) as png:  # report.html embeds the figures: they are whole after it
+        sections = _draw_comparisons(configurations, context_keys, folder, png, images,
+                                     min_effect)  # fmt: skip
+        write_differences(sections, folder)
+        written(folder / "differences.csv")
+        verdicts = check_claims(configurations, images, min_effect)
+        run_pages = _draw_runs(configurations, context_keys, folder, png)
     contents = Contents(
         intro=_intro(runs, configurations, selection, min_effect), config_table=config_table,
-        sections=sections, verdicts=check_claims(configurations, images, min_effect),
-        runs_table=_runs_table(configurations, file_href),
-        run_pages=_draw_runs(configurations, context_keys, folder, written),
+        sections=sections, verdicts=verdicts, runs_table=_runs_table(configurations, file_href),
+        run_pages=run_pages,
     )  # fmt: skip
     _write_documents(contents, context_keys, folder, artifact_href, written)
     counts = {"runs": len(runs), "configurations": len(configurations),
@@ -310,7 +313,7 @@ def _intro(runs: list[RunRecord], configurations: list[Configuration], selection
 
 
 def _draw_comparisons(
-    configurations: list[Configuration], context_keys: list[str], folder: Path, written: Written,
+    configurations: list[Configuration], context_keys: list[str], folder: Path, png: PngWriter,
     images: ImageBootstrap, min_effect: float,
 ) -> dict[str, list[Section]]:  # fmt: skip
     """Every comparison's curves and forest plot, by factor."""
@@ -318,22 +321,22 @@ def _draw_comparisons(
     colours = factor_colours(configurations)
     return {
         factor: _draw_factor(factor, configurations, colours[factor], context_keys, folder,
-                             written, images, min_effect)
+                             png, images, min_effect)
         for factor in FACTORS
     }  # fmt: skip
 
 
 def _draw_factor(
     factor: str, configurations: list[Configuration], colours: dict[str, str],
-    context_keys: list[str], folder: Path, written: Written, images: ImageBootstrap,
+    context_keys: list[str], folder: Path, png: PngWriter, images: ImageBootstrap,
     min_effect: float,
 ) -> list[Section]:  # fmt: skip
     """The curves and forest plot of each of one factor's comparisons."""
     comparisons = find_comparisons(configurations, factor)
     if not comparisons:
         return []
-    figures = ComparisonFigures(factor, colours)
-    forests = ForestFigures(max(len(c.configurations) - 1 for c in comparisons))
+    figures = ComparisonFigures(factor, colours, png)
+    forests = ForestFigures(max(len(c.configurations) - 1 for c in comparisons), png)
     sections = []
     for comparison in comparisons:
         keys = [k for k in context_keys if k != factor and not (comparison.tuned and k == "lr")]
@@ -344,14 +347,12 @@ def _draw_factor(
         stats = comparison_stats(comparison, images, min_effect)
         figures.save(comparison, f"{factor.capitalize()} comparison: {context}",
                      folder / f"{name}.png")  # fmt: skip
-        written(folder / f"{name}.png")
         forest = ""
         if stats.reference is not None:
             forest = f"{name}__differences.png"
             forests.save(stats, f"{factor.capitalize()}: difference from "
                          f"{comparison.label(stats.reference)} · {context}", colours,
                          folder / forest)  # fmt: skip
-            written(folder / forest)
         sections.append(Section(comparison, context, stats, f"{name}.png", forest))
     return sections
 
@@ -456,7 +457,7 @@ def _runs_table(configurations: list[Configuration], href: RunHref,
 
 def _draw_runs(
     configurations: list[Configuration], context_keys: list[str], folder: Path,
-    written: Written,
+    png: PngWriter,
 ) -> list[Block]:  # fmt: skip
     """Every run's curves, on pages of a few configurations each, in table order."""
     (folder / "runs").mkdir()
@@ -467,13 +468,12 @@ def _draw_runs(
         "(numbered as in the table), a thin line per run and split; the dot marks each run's "
         "headline test accuracy, at the epoch it is judged by."
     )]  # fmt: skip
-    pages = RunPages()
+    pages = RunPages(png)
     for start in range(0, len(columns), CONFIGURATIONS_PER_PAGE):
         page = columns[start : start + CONFIGURATIONS_PER_PAGE]
         first, last = start + 1, start + len(page)
         name = f"runs/configurations-{first}-{last}.png"
         pages.save(page, folder / name)
-        written(folder / name)
         blocks.append(Image(name, f"the runs of configurations {first} to {last}"))
     return blocks
 
