@@ -1,8 +1,9 @@
 """Past one machine: README's team setup, run for real. A tracking server on PostgreSQL with an
 artifact store (conftest's postgres_mlflow_server), a Ray cluster of a head and two worker nodes
 (tests/cluster.py), then `sweep` and `tune` on the cluster through the real command line: the
-trials spread over the nodes (their runs' `ray_node_id` tags differ), every run is logged, the
-report is made. What a node could not reach is refused before anything starts, in one line."""
+trials spread over the nodes (their runs' `ray_node_id` tags differ), a trial that fails stops
+no other, every run is logged, the report is made. What a node could not reach is refused
+before anything starts, in one line."""
 
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ needs_ray = pytest.mark.skipif(
 )
 TINY = ("--train-limit", "40", "--val-size", "10", "--test-limit", "10", "--epochs", "1",
         "--batch-size", "16", "--device", "cpu", "--no-system-metrics")  # fmt: skip
-# README's sweep and tune on the cluster, with the tiny settings (and two configurations, two
-# trials: one per worker node at once).
+# README's sweep and tune on the cluster, with the tiny settings: the sweep's grid has three
+# configurations (one per worker node at once), one that fails on its node; the tune two trials.
 SWEEP = ("sweep", "--executor", "ray", "--ray-address", "{head}", "--data-dir", "{data}",
-         "--seeds", "1", "--activation", "relu", "--activation", "gelu", *TINY)  # fmt: skip
+         "--seeds", "1", "--grid", "{grid}", *TINY)  # fmt: skip
 TUNE = ("tune", "--executor", "ray", "--ray-address", "{head}", "--data-dir", "{data}",
         "--trials", "2", "--optimizer", "adam", *TINY)  # fmt: skip
 
@@ -88,12 +89,13 @@ def cluster():
 
 
 def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path, *extra: str,
+               grid: Path | None = None,
                exit_code: int = 0) -> tuple[list[mlflow.entities.Run], str]:  # fmt: skip
     """The real command line, where README's team setup runs it (the tracking server's URI and
     the cluster's token in the environment), into an experiment of its own: its runs, and what
     it printed on stderr."""
     experiment = f"team-{uuid.uuid4().hex[:8]}"
-    argv = [a.format(head=cluster.address, data=data) for a in args]
+    argv = [a.format(head=cluster.address, data=data, grid=grid) for a in args]
     result = subprocess.run(
         [sys.executable, "-m", "cifar_mlflow", *argv, "--experiment", experiment, *extra],
         env={**cluster.env, "MLFLOW_TRACKING_URI": server.uri}, capture_output=True, text=True,
@@ -106,19 +108,34 @@ def on_cluster(args: tuple[str, ...], cluster: RayCluster, server, data: Path, *
 
 @pytest.mark.slow
 @needs_ray
-def test_a_sweep_spreads_over_the_nodes_and_every_run_reaches_the_server(
+def test_a_sweep_spreads_over_the_nodes_a_failed_trial_stops_no_other_and_runs_reach_the_server(
     cluster, postgres_mlflow_server, image_folder, tmp_path
 ):
-    found, _ = on_cluster(SWEEP, cluster, postgres_mlflow_server, image_folder,
-                          "--sweep-id", "spread", "--output-dir", str(tmp_path))  # fmt: skip
-    children = [r for r in found if CONFIG_TAG in r.data.tags]
+    late = tmp_path / "late"  # holds no images: the sigmoid configuration fails on its node
+    (late / "train").mkdir(parents=True)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"grid": [{"activation": ["relu", "gelu"]},
+                                             {"activation": ["sigmoid"], "data_dir": [str(late)]}]}))
+    found, stderr = on_cluster(SWEEP, cluster, postgres_mlflow_server, image_folder,
+                               "--sweep-id", "spread", "--output-dir", str(tmp_path / "report"),
+                               grid=grid, exit_code=1)  # fmt: skip
+    assert "1 of 3 configurations did not finish" in stderr, stderr[-3000:]
     [parent] = [r for r in found if r.data.tags.get("job") == "sweep"]
-    assert sorted(r.data.params["activation"] for r in children) == ["gelu", "relu"]
-    assert {r.info.status for r in [parent, *children]} == {"FINISHED"}
-    assert len({r.data.tags[NODE_TAG] for r in children}) == 2  # two trials, two nodes
-    assert "final_test_acc" in children[0].data.metrics and NODE_TAG not in parent.data.tags
+    by_name = {r.info.run_name: r for r in found if CONFIG_TAG in r.data.tags}
+    assert {name: run.info.status for name, run in by_name.items()} == {
+        "resnet18-relu-sgd-s0": "FINISHED", "resnet18-gelu-sgd-s0": "FINISHED",
+        "resnet18-sigmoid-sgd-s0": "FAILED"}  # fmt: skip
+    failed = by_name["resnet18-sigmoid-sgd-s0"]
+    assert "no class folders" in failed.data.tags["failure_reason"]
+    # three trials, one worker node each at a time: both nodes trained
+    assert len({r.data.tags[NODE_TAG] for r in by_name.values()}) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in by_name.values()} == {parent.info.run_id}
+    assert "final_test_acc" in by_name["resnet18-gelu-sgd-s0"].data.metrics
+    assert NODE_TAG not in parent.data.tags
+    assert re.search(r"resnet18-relu-sgd-s0 +running epoch 1/1", stderr)  # progress, from Ray
+    # the report of what did finish, logged and written
     assert "report.md" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
-    assert (tmp_path / "report.md").exists()
+    assert (tmp_path / "report" / "report.md").exists()
 
 
 @pytest.mark.slow
@@ -135,32 +152,6 @@ def test_a_tune_spreads_its_trials_over_the_nodes(
     [configuration] = [r for r in found if r.data.tags.get("job") == CONFIG_JOB]
     assert {r.data.tags[PARENT_TAG] for r in trials} == {configuration.info.run_id}
     assert "tuned_lr" in configuration.data.tags
-
-
-@pytest.mark.slow
-@needs_ray
-def test_a_failed_trial_does_not_stop_the_others_and_progress_comes_back(
-    cluster, mlflow_server, image_folder, tmp_path
-):
-    late = tmp_path / "late"  # holds no images: the gelu configuration fails on its node
-    (late / "train").mkdir(parents=True)
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"grid": [{"data_dir": [str(image_folder)]},
-                                             {"data_dir": [str(late)], "activation": ["gelu"]}]}))
-    found, stderr = on_cluster(
-        ("sweep", "--executor", "ray", "--ray-address", "{head}", "--grid", str(grid), *TINY),
-        cluster, mlflow_server, image_folder, "--sweep-id", "r1",
-        "--output-dir", str(tmp_path / "report"), exit_code=1,
-    )  # fmt: skip
-    assert "1 of 2 configurations did not finish" in stderr, stderr[-3000:]
-    [parent] = [r for r in found if r.data.tags.get("job") == "sweep"]
-    by_name = {r.info.run_name: r for r in found if CONFIG_TAG in r.data.tags}
-    assert by_name["resnet18-relu-sgd-s0"].info.status == "FINISHED"
-    assert by_name["resnet18-gelu-sgd-s0"].info.status == "FAILED"
-    assert "no class folders" in by_name["resnet18-gelu-sgd-s0"].data.tags["failure_reason"]
-    assert {r.data.tags["mlflow.parentRunId"] for r in by_name.values()} == {parent.info.run_id}
-    assert "resnet18-relu-sgd-s0  running epoch 1/1" in stderr  # progress came back from Ray
-    assert "report.md" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
 
 
 # ---- README's team setup is what the suite runs ----
