@@ -142,21 +142,32 @@ def test_sigkill_between_checkpoints_then_resume_matches_an_uninterrupted_run(
     assert MlflowClient().get_run(run_id).data.tags[RESUMED_TAG] == "2"
 
 
+@pytest.fixture(scope="module")
+def killed_checkpoint(mlflow_server, image_folder, tmp_path_factory):
+    """A killed run's own checkpoint file (epoch 2) and its params, made once: a file serves a
+    run on either store."""
+    experiment = f"killed-{uuid.uuid4().hex[:8]}"
+    with tracking_on(mlflow_server.uri):
+        killed = killed_between_checkpoints(image_folder, experiment)
+        client = MlflowClient()
+        saved = client.download_artifacts(killed, client.get_run(killed).data.tags[CHECKPOINT_TAG],
+                                          str(tmp_path_factory.mktemp("killed")))  # fmt: skip
+        return saved, experiment, training_params(killed)
+
+
 @on_both_stores
 def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
-    tracking, uninterrupted, image_folder, tmp_path
+    tracking, uninterrupted, killed_checkpoint
 ):
     """A process can die after its checkpoint reached the server and before its metrics did.
     Here the server is left in that state by hand: epoch 2's checkpoint (a killed run's own
     file), epoch 1's metrics only. Resuming logs epoch 2 from the checkpoint and trains 3 and 4."""
     client = MlflowClient()
-    killed = killed_between_checkpoints(image_folder, tracking)
-    saved = client.download_artifacts(
-        killed, client.get_run(killed).data.tags[CHECKPOINT_TAG], str(tmp_path)
-    )
+    saved, experiment, params = killed_checkpoint
     assert checkpoint.load(saved)["epoch"] == 2
 
-    run = client.create_run(mlflow.set_experiment(tracking).experiment_id)
+    # In the experiment the killed run's settings name: a checkpoint resumes only with them.
+    run = client.create_run(mlflow.set_experiment(experiment).experiment_id)
     run_id = run.info.run_id
     client.log_batch(
         run_id,
@@ -166,7 +177,7 @@ def test_epoch_whose_metrics_never_arrived_is_logged_once_on_resume(
             for step, v in history(uninterrupted, k)
             if step == 1
         ],
-        params=training_params(killed),  # the reference's settings, in this test's experiment
+        params=params,
     )
     client.log_artifact(run_id, saved, SLOTS[0])
     client.set_tag(run_id, CHECKPOINT_TAG, f"{SLOTS[0]}/checkpoint.pt")
