@@ -1,9 +1,11 @@
-"""MLproject agrees with the CLI, conda.yaml with pyproject, and `mlflow run` really trains."""
+"""MLproject agrees with the CLI, conda.yaml with pyproject, README's test command with CI, and
+`mlflow run` really trains."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -129,3 +131,12 @@ def test_mlflow_run_trains_and_tracks(image_folder, tracking, mlflow_server):
     for noise in ("No complete tensor", "system_metrics_monitor", "Traceback", "warning:"):
         assert noise not in result.stdout + result.stderr, noise
     assert run.data.params["model_params"] == "11173962"
+
+
+def test_readme_test_command_is_the_one_ci_runs():
+    """A newcomer copies README's test command; CI (.ci/run) must run the same one."""
+    readme = (PROJECT_ROOT / "README.md").read_text().split("Run the tests", 1)[1]
+    block = re.search(r"```bash\n(.*?)\n```", readme, re.S)[1]
+    command = block.split("&&")[-1].strip()
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert command.startswith("python -m pytest") and ci[-1] == command
