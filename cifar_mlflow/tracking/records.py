@@ -4,7 +4,6 @@ files (each uploaded as soon as it is whole), figures, tables and the run's desc
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from ..core.background import Background
 from ..core.redaction import redacted
 
 if TYPE_CHECKING:
@@ -44,29 +44,17 @@ def log_table(run_id: str, table: Mapping[str, list], artifact_file: str) -> Non
     mlflow.log_table(dict(table), artifact_file, run_id=run_id)
 
 
-class Uploads:
+class Uploads(Background):
     """Files under `root` logged to `run_id` in the background, at their path relative to
     `root`, so uploading (server-bound) overlaps whatever makes the next file (CPU-bound).
     Leaving the block waits for every upload; the first that failed raises."""
 
     def __init__(self, run_id: str, root: Path):
+        super().__init__(UPLOAD_THREADS, "upload")
         self.run_id, self.root = run_id, root
         self.client = MlflowClient()
-        self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
-        self._pending: list[Future] = []
 
     def __call__(self, path: Path) -> None:
         where = path.parent.relative_to(self.root).as_posix()
-        artifact_path = None if where == "." else where
-        self._pending.append(
-            self._pool.submit(self.client.log_artifact, self.run_id, str(path), artifact_path)
-        )
-
-    def __enter__(self) -> Uploads:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
-        if exc_type is None:
-            for upload in self._pending:
-                upload.result()
+        self.submit(self.client.log_artifact, self.run_id, str(path),
+                    None if where == "." else where)  # fmt: skip
